@@ -1,0 +1,44 @@
+"""Encoders for label members, shared by every labeler (one place decides PNG/JSON bytes)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 H×W (L), H×W×3 (RGB) or uint16 H×W (I;16) → PNG bytes, losslessly."""
+    if array.dtype == np.uint16:
+        img = Image.fromarray(array, mode="I;16") if array.ndim == 2 else None
+        if img is None:
+            raise ValueError("16-bit PNG must be single-channel")
+    elif array.dtype == np.uint8:
+        img = Image.fromarray(array)
+    else:
+        raise ValueError(f"cannot encode dtype {array.dtype} as PNG")
+    buf = io.BytesIO()
+    # compress_level 1: edge/label maps compress well already; level 6 costs 3x the time.
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    img = Image.open(io.BytesIO(data))
+    return np.asarray(img)
+
+
+def encode_json(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)

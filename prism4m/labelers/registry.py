@@ -1,0 +1,66 @@
+"""Find labeler classes by output-folder name: built-ins plus the `prism4m.labelers` entry points.
+
+Built-ins are named by import path so that listing them imports nothing heavy (transformers,
+segment-anything): a class is imported only when a run asks for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from prism4m.labelers.base import Labeler
+
+ENTRY_POINT_GROUP = "prism4m.labelers"
+
+BUILTIN_LABELERS: dict[str, str] = {
+    "canny_edge": "prism4m.labelers.canny_edge:CannyEdgeLabeler",
+    "color_palette": "prism4m.labelers.color_palette:ColorPaletteLabeler",
+    "metadata": "prism4m.labelers.metadata:MetadataLabeler",
+    "sam_instance": "prism4m.labelers.sam:SamInstanceLabeler",
+    "sam_edge": "prism4m.labelers.sam:SamEdgeLabeler",
+    "depth": "prism4m.labelers.depth:DepthLabeler",
+    "normal": "prism4m.labelers.normal:NormalLabeler",
+    "human_poses": "prism4m.labelers.human_poses:HumanPosesLabeler",
+    "clip": "prism4m.labelers.features:ClipLabeler",
+    "dinov2": "prism4m.labelers.features:Dinov2Labeler",
+    "caption": "prism4m.labelers.caption:CaptionLabeler",
+    "semseg_coco": "prism4m.labelers.semseg:SemsegCocoLabeler",
+    "det": "prism4m.labelers.detection:DetectionLabeler",
+}
+
+
+def _entry_point_targets() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_labelers() -> dict[str, str]:
+    """name → "module:Class"; entry points override built-ins of the same name."""
+    out = dict(BUILTIN_LABELERS)
+    out.update(_entry_point_targets())
+    return out
+
+
+def _load(target: str) -> type[Labeler]:
+    module_name, _, attr = target.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, Labeler)):
+        raise TypeError(f"{target} is not a prism4m Labeler subclass")
+    return obj
+
+
+def get_labeler_class(name: str) -> type[Labeler]:
+    table = available_labelers()
+    if name not in table:
+        raise KeyError(f"unknown labeler {name!r}; available: {', '.join(sorted(table))} "
+                       f"(third-party labelers register under the entry-point group {ENTRY_POINT_GROUP!r})")
+    cls = _load(table[name])
+    if cls.name != name:
+        raise TypeError(f"{table[name]} declares name {cls.name!r}, registered as {name!r}")
+    return cls
+
+
+def make_labeler(name: str, config: dict | None = None) -> Labeler:
+    return get_labeler_class(name)(config or {})

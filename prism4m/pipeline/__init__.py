@@ -1,0 +1,1 @@
+"""Store, ingest, planning and Ray execution of units of work."""

@@ -1,0 +1,214 @@
+"""Modality registry for the trainer.
+
+A modality is what the model sees as one embedding family: a token grid (``img``), a
+token vector without spatial layout (``global``) or a text-like sequence (``seq``).
+The registry is resolved in this order, later sources winning:
+
+1. defaults that match ml-4m's ``MODALITY_INFO`` (4M_FORMAT.md §3);
+2. the dataset manifest ``ROOT/prism4m.json`` and any tokenizer cards it points to or
+   embeds (vocabulary size, token grid);
+3. explicit overrides from the training config.
+
+If the token count is still unknown it is read from the first committed sample.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Mapping
+
+import fsspec
+
+ModalityType = Literal["img", "seq", "global"]
+
+# ml-4m's text tokenizer layout: [PAD]=0, [UNK]=1, [SOS]=2, [EOS]=3, [S_0..S_199]=4..203.
+PAD_ID = 0
+EOS_ID = 3
+SENTINEL_0_ID = 4
+NUM_SENTINELS = 200
+TEXT_VOCAB_SIZE = 30000
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """One modality as the trainer needs it.
+
+    ``num_tokens`` is the token count per crop for img/global, and the maximum sequence
+    length (EOS included) for seq modalities.
+    """
+
+    name: str
+    type: ModalityType
+    vocab_size: int
+    num_tokens: int
+    folder: str
+    grid: tuple[int, int] | None = None  # (h, w) of an img token grid, row-major
+    max_length: int = 0  # positional table length for seq embeddings (>= num_tokens)
+
+    def __post_init__(self) -> None:
+        if self.type not in ("img", "seq", "global"):
+            raise ValueError(f"modality {self.name}: unknown type {self.type!r}")
+        if self.vocab_size <= 0 or self.num_tokens <= 0:
+            raise ValueError(f"modality {self.name}: vocab_size and num_tokens must be positive")
+        if self.type == "img":
+            grid = self.grid or _square_grid(self.name, self.num_tokens)
+            if grid[0] * grid[1] != self.num_tokens:
+                raise ValueError(f"modality {self.name}: grid {grid} does not hold {self.num_tokens} tokens")
+            object.__setattr__(self, "grid", tuple(grid))
+        if self.max_length < self.num_tokens:
+            object.__setattr__(self, "max_length", self.num_tokens)
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.type == "seq"
+
+
+def _square_grid(name: str, n: int) -> tuple[int, int]:
+    side = int(round(math.sqrt(n)))
+    if side * side != n:
+        raise ValueError(f"modality {name}: {n} tokens is not a square grid; give 'grid' explicitly")
+    return (side, side)
+
+
+# Defaults after ml-4m's MODALITY_INFO at 224 px (4M_FORMAT.md §3). Keys are modality names
+# without resolution; resolution-dependent grids are scaled in `default_spec`.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tok_rgb": {"type": "img", "vocab_size": 16384, "patch": 16},
+    "tok_depth": {"type": "img", "vocab_size": 8192, "patch": 16},
+    "tok_normal": {"type": "img", "vocab_size": 8192, "patch": 16},
+    "tok_semseg": {"type": "img", "vocab_size": 4096, "patch": 16},
+    "tok_clip": {"type": "img", "vocab_size": 8192, "patch": 16},
+    "tok_canny_edge": {"type": "img", "vocab_size": 8192, "patch": 16},
+    "tok_sam_edge": {"type": "img", "vocab_size": 8192, "patch": 16},
+    "tok_dinov2": {"type": "img", "vocab_size": 8192, "patch": 14},
+    "tok_imagebind": {"type": "img", "vocab_size": 8192, "patch": 14},
+    "tok_dinov2_global": {"type": "global", "vocab_size": 8192, "num_tokens": 16},
+    "tok_imagebind_global": {"type": "global", "vocab_size": 8192, "num_tokens": 16},
+    "caption": {"type": "seq", "vocab_size": TEXT_VOCAB_SIZE, "num_tokens": 256},
+    "det": {"type": "seq", "vocab_size": TEXT_VOCAB_SIZE, "num_tokens": 256},
+    "metadata": {"type": "seq", "vocab_size": TEXT_VOCAB_SIZE, "num_tokens": 40},
+    "human_poses": {"type": "seq", "vocab_size": TEXT_VOCAB_SIZE, "num_tokens": 275},
+    "color_palette": {"type": "seq", "vocab_size": TEXT_VOCAB_SIZE, "num_tokens": 23},
+    "sam_instance": {"type": "seq", "vocab_size": TEXT_VOCAB_SIZE, "num_tokens": 290},
+}
+
+
+def base_name(modality: str) -> str:
+    return modality.split("@")[0]
+
+
+def resolution(modality: str, default: int = 224) -> int:
+    return int(modality.split("@")[1]) if "@" in modality else default
+
+
+def default_spec(modality: str) -> dict[str, Any] | None:
+    """ml-4m-like defaults for a modality name such as ``tok_rgb@224`` or ``caption``."""
+    info = _DEFAULTS.get(base_name(modality))
+    if info is None:
+        return None
+    out = {k: v for k, v in info.items() if k != "patch"}
+    if info["type"] == "img":
+        side = resolution(modality) // info["patch"]
+        out["num_tokens"] = side * side
+        out["grid"] = (side, side)
+    return out
+
+
+def read_manifest(root: str) -> dict[str, Any]:
+    """The dataset manifest, or {} when the root has none (e.g. an ml-4m-layout root)."""
+    fs, path = fsspec.core.url_to_fs(root)
+    manifest_path = f"{path.rstrip('/')}/prism4m.json"
+    if not fs.exists(manifest_path):
+        return {}
+    with fs.open(manifest_path, "r") as f:
+        return json.load(f)
+
+
+def _card_fields(card: Mapping[str, Any]) -> dict[str, Any]:
+    """Pull vocabulary and grid out of a tokenizer card, tolerating a few spellings."""
+    out: dict[str, Any] = {}
+    for key in ("vocab_size", "codebook_size", "vocabulary_size"):
+        if key in card:
+            out["vocab_size"] = int(card[key])
+            break
+    grid = card.get("token_grid") or card.get("grid")
+    if isinstance(grid, (list, tuple)) and len(grid) == 2:
+        out["grid"] = (int(grid[0]), int(grid[1]))
+        out["num_tokens"] = int(grid[0]) * int(grid[1])
+    for key in ("n_tokens", "num_tokens", "tokens_per_sample"):
+        if key in card:
+            out["num_tokens"] = int(card[key])
+    card_type = card.get("type")
+    if card_type in ("mlp", "global"):
+        out["type"] = "global"
+    elif card_type in ("wordpiece", "text"):
+        out["type"] = "seq"
+    return out
+
+
+def _manifest_fields(manifest: Mapping[str, Any], folder: str, root: str) -> dict[str, Any]:
+    """Fields for one folder from the manifest: its entry, an embedded card, or a card path."""
+    entries = manifest.get("modalities") or manifest.get("folders") or {}
+    if isinstance(entries, list):  # a list of {"name"/"folder": …} entries
+        entries = {e.get("folder") or e.get("name"): e for e in entries if isinstance(e, Mapping)}
+    entry = entries.get(folder) if isinstance(entries, Mapping) else None
+    if not isinstance(entry, Mapping):
+        return {}
+    out = _card_fields(entry)
+    card = entry.get("tokenizer_card") or entry.get("card") or entry.get("tokenizer")
+    if isinstance(card, Mapping):
+        out.update(_card_fields(card))
+    elif isinstance(card, str) and card.endswith(".json"):
+        card_url = card if "://" in card or card.startswith("/") else f"{root.rstrip('/')}/{card}"
+        try:
+            with fsspec.open(card_url, "r") as f:
+                out.update(_card_fields(json.load(f)))
+        except FileNotFoundError:
+            pass  # a card that moved is not fatal: defaults and overrides still apply
+    return out
+
+
+def build_registry(
+    modalities: list[str],
+    root: str | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    peek_num_tokens: Any = None,
+) -> dict[str, ModalitySpec]:
+    """Resolve every requested modality to a ModalitySpec.
+
+    ``peek_num_tokens(folder) -> int | None`` is called when no source gives a token count
+    (the data loader passes a function that reads the first committed sample).
+    """
+    overrides = overrides or {}
+    manifest = read_manifest(root) if root else {}
+    registry: dict[str, ModalitySpec] = {}
+    for name in modalities:
+        fields: dict[str, Any] = {"folder": name}
+        fields.update(default_spec(name) or {})
+        if root:
+            fields.update(_manifest_fields(manifest, name, root))
+        fields.update(dict(overrides.get(name, {})))
+        if "num_tokens" not in fields and peek_num_tokens is not None:
+            n = peek_num_tokens(fields["folder"])
+            if n:
+                fields["num_tokens"] = int(n)
+        if "type" not in fields:
+            fields["type"] = "img" if name.startswith("tok_") else "seq"
+        if fields["type"] == "seq":
+            fields.setdefault("vocab_size", TEXT_VOCAB_SIZE)
+        missing = [k for k in ("vocab_size", "num_tokens") if k not in fields]
+        if missing:
+            raise ValueError(
+                f"modality {name}: unknown {', '.join(missing)}; set it under "
+                f"modality_overrides.{name} in the config or add a tokenizer card to the manifest"
+            )
+        if "grid" in fields and fields["grid"] is not None:
+            fields["grid"] = tuple(fields["grid"])
+        registry[name] = ModalitySpec(name=name, **fields)
+    return registry
+
+
+def with_overrides(spec: ModalitySpec, **changes: Any) -> ModalitySpec:
+    return replace(spec, **changes)
