@@ -1,0 +1,491 @@
+"""`train(config)`: 4M pretraining from token shards, on one CPU, torchrun DDP or Ray Train.
+
+One step = one batch per rank. The loop is deliberately plain (nanoGPT-style): build the
+registry, loaders, model and optimizer; step; log per-modality losses to JSONL; checkpoint
+every N steps (model, optimizer, scheduler, RNG states, loader position) and resume from
+the newest checkpoint exactly; evaluate on held-out shards; finish with the table of
+per-target-modality validation loss beside that modality's unigram-entropy baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from typing import Any, Literal, Mapping
+
+import fsspec
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .data import (
+    CROP_FOLDER,
+    SampleDecoder,
+    TokenLoader,
+    TokenShardDataset,
+    discover_shards,
+    load_text_tokenizer,
+    peek_num_tokens,
+    unigram_entropy,
+)
+from .masking import MIXTURES, AlphaComponent, UnifiedMasker
+from .modalities import ModalitySpec, build_registry, with_overrides
+from .model import MODEL_SIZES, FourM
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    root: str
+    modalities: list[str]
+    layout: Literal["auto", "prism4m", "ml4m", "parquet"] = "auto"
+    text_tokenizer: str | None = None  # tokenizer.json (ml-4m WordPiece layout) for seq modalities
+    eval_shards: list[int] = Field(default_factory=list)  # held out from training
+    eval_root: str | None = None  # or a separate root (all of it is evaluation data)
+    batch_size: int = 32
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    random_crop: bool = True
+    eval_max_batches: int | None = None
+    baseline_max_samples: int | None = 20000
+
+
+class MaskingConfig(_Strict):
+    num_input_tokens: int = 128
+    num_target_tokens: int = 128
+    min_input_tokens: int | None = None
+    min_target_tokens: int | None = None
+    mixture: Literal["4m7", "4m21", "all2all"] = "4m7"
+    # Custom mixture instead: [{input_alphas: {mod: a}, target_alphas: {...}, keep: {...}, weight: w}]
+    components: list[dict[str, Any]] | None = None
+
+
+class ModelConfig(_Strict):
+    size: str = "tiny"
+    dim: int | None = None
+    encoder_depth: int | None = None
+    decoder_depth: int | None = None
+    heads: int | None = None
+
+
+class OptimConfig(_Strict):
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    clip_grad: float | None = 1.0
+
+
+class TrainConfig(_Strict):
+    data: DataConfig
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    modality_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    steps: int = 1000
+    seed: int = 0
+    out_dir: str = "runs/4m"
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate once at the end
+    checkpoint_every: int = 0  # 0: only the final checkpoint
+    resume: bool = True  # continue from out_dir/checkpoints/latest.pt when it exists
+    resume_from: str | None = None  # or from this checkpoint file
+    device: str = "auto"
+    torch_threads: int | None = None
+    print_table: bool = True
+    require_beat_baseline: bool = False  # main() exits 1 when a modality misses its baseline
+
+
+# -- distributed ----------------------------------------------------------------------------
+class _Dist:
+    def __init__(self, rank: int, world: int, device: torch.device, owns_group: bool) -> None:
+        self.rank, self.world, self.device, self.owns_group = rank, world, device, owns_group
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(cfg: TrainConfig) -> _Dist:
+    """Join torchrun's (env://) or Ray Train's process group when there is one."""
+    owns = False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not dist.is_initialized() and world > 1:
+        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://")
+        owns = True
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if cfg.device != "auto":
+        device = torch.device(cfg.device)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return _Dist(rank, world, device, owns)
+
+
+# -- building blocks ------------------------------------------------------------------------
+def build_components(cfg: MaskingConfig, names: list[str]) -> list[AlphaComponent]:
+    if cfg.components:
+        return [AlphaComponent(**c) for c in cfg.components]
+    return MIXTURES[cfg.mixture](names)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay only matrix weights of linear layers: not norms, embeddings or positions."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_embedding = "token_emb" in name or "mod_emb" in name or "learned_pos" in name or "mask_token" in name
+        (decay if p.ndim >= 2 and not is_embedding else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Setup:
+    """Everything derived from the config that both training and evaluation need."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        d = cfg.data
+        tokenizer = load_text_tokenizer(d.text_tokenizer)
+        overrides = {m: dict(v) for m, v in cfg.modality_overrides.items()}
+        folders_guess = [overrides.get(m, {}).get("folder", m) for m in d.modalities]
+        with_crops = folders_guess + [CROP_FOLDER]
+        try:
+            sources = discover_shards(d.root, with_crops, d.layout)
+        except ValueError:  # a root without crop_settings (e.g. global tokens only)
+            sources = discover_shards(d.root, folders_guess, d.layout)
+        registry = build_registry(
+            d.modalities, d.root, overrides, peek_num_tokens=lambda folder: peek_num_tokens(sources, folder)
+        )
+        for name, spec in registry.items():  # the tokenizer fixes sequence vocabularies
+            if spec.is_sequence and tokenizer is not None and "vocab_size" not in overrides.get(name, {}):
+                registry[name] = with_overrides(spec, vocab_size=tokenizer.get_vocab_size())
+        self.registry: dict[str, ModalitySpec] = registry
+        eval_set = set(d.eval_shards)
+        self.train_sources = [s for s in sources if s.index not in eval_set]
+        if d.eval_root:
+            self.eval_sources = discover_shards(d.eval_root, list(sources[0].urls), d.layout)
+        else:
+            self.eval_sources = [s for s in sources if s.index in eval_set]
+        if not self.train_sources:
+            raise ValueError(f"no training shards left in {d.root} after holding out {sorted(eval_set)}")
+        self.names = list(self.registry)
+        self.components = build_components(cfg.masking, self.names)
+        m = cfg.masking
+        self.masker = UnifiedMasker(
+            self.registry, self.components, m.num_input_tokens, m.num_target_tokens, m.min_input_tokens, m.min_target_tokens
+        )
+        self.tokenizer = tokenizer
+
+    def decoder(self, random_crop: bool) -> SampleDecoder:
+        return SampleDecoder(self.registry, self.tokenizer, random_crop=random_crop)
+
+    def model(self) -> FourM:
+        mc = self.cfg.model
+        if mc.size not in MODEL_SIZES:
+            raise ValueError(f"unknown model size {mc.size!r}; choose from {sorted(MODEL_SIZES)}")
+        extra = {k: v for k, v in mc.model_dump().items() if k != "size" and v is not None}
+        return FourM(self.registry, mc.size, **extra)
+
+    def train_loader(self, rank: int, world: int) -> TokenLoader:
+        d = self.cfg.data
+        dataset = TokenShardDataset(
+            self.train_sources, self.decoder(d.random_crop), self.masker, d.batch_size,
+            seed=self.cfg.seed, shuffle_buffer=d.shuffle_buffer, repeat=True, rank=rank, world_size=world,
+        )
+        return TokenLoader(dataset, num_workers=d.num_workers)
+
+    def eval_batches(self):
+        """One deterministic pass over the held-out shards: crop 0, fixed masking seed."""
+        d = self.cfg.data
+        dataset = TokenShardDataset(
+            self.eval_sources, self.decoder(False), self.masker, d.batch_size,
+            seed=self.cfg.seed + 7919, shuffle_buffer=0, repeat=False, shuffle_shards=False,
+        )
+        for i, batch in enumerate(TokenLoader(dataset, num_workers=0)):
+            if d.eval_max_batches is not None and i >= d.eval_max_batches:
+                return
+            yield batch
+
+
+def _to_device(batch, device: torch.device):
+    return {m: {k: v.to(device, non_blocking=True) for k, v in d.items()} for m, d in batch.items()}
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on CUDA only; CPU bf16 is slow and changes test numerics.
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: FourM, setup: Setup, device: torch.device) -> dict[str, float]:
+    """Mean CE per target modality over the held-out shards (token-weighted)."""
+    was_training = model.training
+    model.eval()
+    sums = {m: 0.0 for m in setup.names}
+    counts = {m: 0 for m in setup.names}
+    for batch in setup.eval_batches():
+        batch = _to_device(batch, device)
+        with _autocast(device):
+            _, losses = model(batch)
+        for name, value in losses.items():
+            n = int(batch[name]["target_mask"].sum())
+            sums[name] += float(value) * n
+            counts[name] += n
+    model.train(was_training)
+    return {m: sums[m] / counts[m] for m in setup.names if counts[m]}
+
+
+def baseline_table(val_losses: Mapping[str, float], entropies: Mapping[str, float]) -> list[dict[str, Any]]:
+    return [
+        {
+            "modality": m,
+            "val_loss": val_losses[m],
+            "unigram_entropy": entropies[m],
+            "beats_baseline": val_losses[m] < entropies[m],
+        }
+        for m in val_losses
+    ]
+
+
+def validation_vs_baseline(model: FourM, setup: Setup, device: torch.device) -> list[dict[str, Any]]:
+    """Per target modality: validation loss and the unigram entropy of the training shards."""
+    entropies = unigram_entropy(setup.train_sources, setup.decoder(False), setup.cfg.data.baseline_max_samples)
+    return baseline_table(evaluate(model, setup, device), entropies)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'modality':<24} {'val loss':>9} {'unigram H':>10}  beats", "-" * 52]
+    for r in rows:
+        lines.append(
+            f"{r['modality']:<24} {r['val_loss']:>9.3f} {r['unigram_entropy']:>10.3f}  {'yes' if r['beats_baseline'] else 'NO'}"
+        )
+    return "\n".join(lines)
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str, **state: Any) -> None:
+    """Write to a temporary name, then move: a killed run never leaves a half checkpoint."""
+    fs, p = fsspec.core.url_to_fs(path)
+    fs.makedirs(os.path.dirname(p), exist_ok=True)
+    tmp = f"{p}.tmp"
+    with fs.open(tmp, "wb") as f:
+        torch.save(state, f)
+    fs.mv(tmp, p)
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    with fsspec.open(path, "rb") as f:
+        return torch.load(f, map_location="cpu", weights_only=False)
+
+
+def _exists(path: str) -> bool:
+    fs, p = fsspec.core.url_to_fs(path)
+    return fs.exists(p)
+
+
+class _JsonlLog:
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        if path:
+            fs, p = fsspec.core.url_to_fs(path)
+            fs.makedirs(os.path.dirname(p), exist_ok=True)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if self.path:
+            with fsspec.open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+# -- the loop -------------------------------------------------------------------------------
+def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Train (or resume) a 4M model; returns a summary with the baseline table.
+
+    Launch with ``torchrun --nproc_per_node N`` for DDP; Ray Train: ``train_with_ray``.
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    ctx = _setup_distributed(cfg)
+    try:
+        return _train(cfg, ctx)
+    finally:
+        if ctx.owns_group:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, ctx: _Dist) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    setup = Setup(cfg)
+    model = setup.model().to(ctx.device)
+    wrapped: torch.nn.Module = model
+    if ctx.world > 1:
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
+    min_ratio = o.min_lr / o.lr if o.lr else 0.0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, o.warmup_steps, cfg.steps, min_ratio)
+    )
+    loader = setup.train_loader(ctx.rank, ctx.world)
+    out = cfg.out_dir.rstrip("/")
+    latest = f"{out}/checkpoints/latest.pt"
+    log = _JsonlLog(f"{out}/log.jsonl" if ctx.is_main else None)
+    step = 0
+    resume_path = cfg.resume_from or (latest if cfg.resume and _exists(latest) else None)
+    if resume_path:
+        state = load_checkpoint(resume_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"][ctx.rank] if isinstance(state["loader"], list) else state["loader"])
+        _set_rng_state(state["rng"][min(ctx.rank, len(state["rng"]) - 1)])
+        step = int(state["step"])
+        log.write({"event": "resumed", "step": step, "from": resume_path})
+
+    def checkpoint() -> None:
+        # Loader positions and RNG states differ per rank: gather them so any rank resumes.
+        loaders, rngs = [loader.state_dict()], [_rng_state()]
+        if ctx.world > 1:
+            loaders, rngs = [None] * ctx.world, [None] * ctx.world
+            dist.all_gather_object(loaders, loader.state_dict())
+            dist.all_gather_object(rngs, _rng_state())
+        if ctx.is_main:
+            state = dict(
+                step=step, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(), loader=loaders, rng=rngs, config=cfg.model_dump(),
+            )
+            save_checkpoint(f"{out}/checkpoints/step-{step:08d}.pt", **state)
+            save_checkpoint(latest, **state)
+        if ctx.world > 1:
+            dist.barrier()
+
+    history: list[dict[str, Any]] = []
+    evals: list[dict[str, Any]] = []
+    model.train()
+    tick, samples = time.perf_counter(), 0
+    if step < cfg.steps:
+        for batch in loader:
+            batch = _to_device(batch, ctx.device)
+            with _autocast(ctx.device):
+                loss, losses = wrapped(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad) if o.clip_grad else None
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            samples += cfg.data.batch_size * ctx.world
+            record = {"step": step, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]}
+            record.update({f"loss/{m}": float(v) for m, v in losses.items()})
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            history.append(record)
+            if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
+                elapsed = time.perf_counter() - tick
+                log.write({**record, "samples_per_s": samples / max(elapsed, 1e-9)})
+                tick, samples = time.perf_counter(), 0
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                checkpoint()
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and setup.eval_sources:
+                val = evaluate(model, setup, ctx.device)
+                evals.append({"step": step, **val})
+                log.write({"event": "eval", "step": step, **{f"val/{m}": v for m, v in val.items()}})
+            if step >= cfg.steps:
+                break
+        checkpoint()
+    summary: dict[str, Any] = {"step": step, "history": history, "evals": evals, "num_parameters": model.num_parameters()}
+    if setup.eval_sources:
+        table = validation_vs_baseline(model, setup, ctx.device)
+        summary["table"] = table
+        log.write({"event": "final_eval", "step": step, "table": table})
+        if ctx.is_main and cfg.print_table:
+            print(format_table(table), flush=True)
+    summary["model"] = model
+    return summary
+
+
+def load_config(path: str) -> TrainConfig:
+    with fsspec.open(path, "r") as f:
+        raw = yaml.safe_load(f)
+    return TrainConfig.model_validate(raw.get("train", raw) if isinstance(raw, dict) else raw)
+
+
+def main(config_path: str) -> int:
+    """Entry point for ``prism4m train CONFIG`` (YAML, optionally under a ``train:`` key)."""
+    cfg = load_config(config_path)
+    summary = train(cfg)
+    table = summary.get("table") or []
+    if cfg.require_beat_baseline and not all(r["beats_baseline"] for r in table):
+        return 1
+    return 0
+
+
+# -- Ray Train ------------------------------------------------------------------------------
+def _ray_train_loop(config: dict[str, Any]) -> None:
+    import ray.train
+
+    summary = train(config)
+    metrics = {"step": summary["step"]}
+    if summary["history"]:
+        metrics["loss"] = summary["history"][-1]["loss"]
+    for row in summary.get("table", []):
+        metrics[f"val/{row['modality']}"] = row["val_loss"]
+    ray.train.report(metrics)
+
+
+def train_with_ray(config: TrainConfig | Mapping[str, Any], num_workers: int = 2, use_gpu: bool = False) -> dict[str, Any]:
+    """Run `train` on ``num_workers`` Ray Train workers (one process group across nodes).
+
+    Ray Train creates the torch process group; `train` joins it. Needs a running Ray
+    cluster (``ray.init(address=...)``) or starts a local one.
+    """
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
+    trainer = TorchTrainer(
+        _ray_train_loop,
+        train_loop_config=cfg.model_dump(mode="json"),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+    )
+    return dict(trainer.fit().metrics or {})
