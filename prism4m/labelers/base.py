@@ -29,6 +29,7 @@ class LabelerConfig(BaseModel):
     num_gpus: float | None = Field(None, description="GPU fraction per actor (default: the labeler's)")
     batch_size: int | None = Field(None, ge=1, description="samples per forward pass")
     device: str | None = Field(None, description="'cuda', 'cpu' or None for automatic")
+    group: str = Field("default", description="labelers of one group share an actor and each decoded batch")
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Labeler(ABC):
 
     def output_config(self) -> dict:
         """Config fields that change the output (resources and device do not)."""
-        return self.config.model_dump(mode="json", exclude={"num_cpus", "num_gpus", "batch_size", "device"})
+        return self.config.model_dump(mode="json", exclude={"num_cpus", "num_gpus", "batch_size", "device", "group"})
 
     def producer(self) -> dict:
         """What the ledger compares on resume: a change here makes committed shards stale."""

@@ -176,8 +176,14 @@ class DatasetStore:
     def read_json(self, path: str) -> Any:
         return json.loads(self.read_bytes(path))
 
+    def tmp_path(self) -> str:
+        """A fresh temporary name under _tmp/ (created on local filesystems)."""
+        base = self.p(TMP_DIR)
+        self.fs.makedirs(base, exist_ok=True)
+        return posixpath.join(base, uuid.uuid4().hex)
+
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
-        tmp = self.p(TMP_DIR, uuid.uuid4().hex)
+        tmp = self.tmp_path()
         self.fs.pipe_file(tmp, data)
         self._move(tmp, path)
 
@@ -277,7 +283,7 @@ class DatasetStore:
         written: dict[str, dict] = {}
         for folder, members in outputs.items():
             data = build_tar(members)
-            tmp = self.p(TMP_DIR, uuid.uuid4().hex)
+            tmp = self.tmp_path()
             self.fs.pipe_file(tmp, data)
             staged.append((tmp, self.shard_path(folder, index)))
             keys = [m.key for m in members]
@@ -294,7 +300,7 @@ class DatasetStore:
             written[folder] = rec
             lines = errors.get(folder, [])
             if lines:
-                tmp_e = self.p(TMP_DIR, uuid.uuid4().hex)
+                tmp_e = self.tmp_path()
                 self.fs.pipe_file(tmp_e, "".join(json.dumps(x, sort_keys=True) + "\n" for x in lines).encode())
                 staged.append((tmp_e, self.errors_path(folder, index)))
                 counts: dict[str, int] = {}

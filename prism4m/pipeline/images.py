@@ -1,0 +1,117 @@
+"""Decode one input image and normalise it: EXIF orientation, RGB, short side S, JPEG.
+
+Every refusal raises BadImage with a reason code that `status` counts:
+empty, undecodable, truncated, too_small, too_large, unsupported.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Formats we accept; anything else PIL can open (PSD, ICO, EPS, …) is refused as unsupported.
+ACCEPTED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF"}
+REASONS = ("empty", "undecodable", "truncated", "too_small", "too_large", "unsupported")
+
+
+class BadImage(Exception):
+    def __init__(self, reason: str, message: str):
+        assert reason in REASONS
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class NormalizedImage:
+    jpeg: bytes
+    width: int                 # after resizing
+    height: int
+    original_width: int        # after EXIF orientation, before resizing
+    original_height: int
+    original_mode: str
+    format: str
+    exif_orientation: int
+
+
+def _alpha_over_white(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode → 8-bit RGB, compositing transparency over white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
+        return _alpha_over_white(img)
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img).astype(np.float64)
+        # 16-bit data (I;16 or I holding 0..65535): keep the top 8 bits' worth of range.
+        arr = arr / 257.0 if mode.startswith("I;16") or arr.max() > 255 else arr
+        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img)
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def normalize_image(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int,
+                    max_pixels: int, name: str = "") -> NormalizedImage:
+    if not data:
+        raise BadImage("empty", f"{name}: file is empty (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise BadImage("undecodable", f"{name}: not a recognised image format") from None
+    except Image.DecompressionBombError as exc:
+        raise BadImage("too_large", f"{name}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any header failure means undecodable
+        raise BadImage("undecodable", f"{name}: {type(exc).__name__}: {exc}") from None
+    fmt = img.format or "?"
+    if fmt not in ACCEPTED_FORMATS:
+        raise BadImage("unsupported", f"{name}: image format {fmt} is not supported")
+    w, h = img.size
+    # Checked on the header, before any pixel is decoded: a PNG bomb never gets expanded.
+    if w * h > max_pixels:
+        raise BadImage("too_large", f"{name}: {w}×{h} = {w * h:,} pixels exceeds max_pixels={max_pixels:,} "
+                                    "(decompression-bomb guard)")
+    if min(w, h) < min_side:
+        raise BadImage("too_small", f"{name}: {w}×{h} is smaller than min_side={min_side}")
+    try:
+        orientation = int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is not a broken image
+        orientation = 1
+    try:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        if fmt == "JPEG" and orientation == 1:
+            # Decode at a reduced DCT scale when the target is ≥2x smaller: much faster.
+            scale = short_side / min(w, h)
+            if scale <= 0.5:
+                img.draft("RGB", (int(w * scale) + 1, int(h * scale) + 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+        mode = img.mode
+        img = ImageOps.exif_transpose(img) if orientation != 1 else img
+        rgb = to_rgb(img)
+    except OSError as exc:
+        msg = str(exc)
+        reason = "truncated" if "truncated" in msg or "broken data stream" in msg or "unrecognized data stream" in msg else "undecodable"
+        raise BadImage(reason, f"{name}: {msg}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise BadImage("undecodable", f"{name}: {type(exc).__name__}: {exc}") from None
+    ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    rw, rh = rgb.size
+    s = short_side / min(rw, rh)
+    new = (max(1, round(rw * s)), max(1, round(rh * s)))
+    if new != (rw, rh):
+        rgb = rgb.resize(new, Image.BICUBIC, reducing_gap=3.0)
+    buf = io.BytesIO()
+    rgb.save(buf, format="JPEG", quality=jpeg_quality, subsampling=0 if jpeg_quality >= 90 else 2)
+    return NormalizedImage(buf.getvalue(), new[0], new[1], ow, oh, mode, fmt, orientation)

@@ -1,0 +1,301 @@
+"""The label stage: plan (folder, shard) units from the ledger, run labelers as Ray actors.
+
+Planning trusts only the ledger. A unit is skipped when its record matches the labeler's
+current producer and the inputs it read; a changed config makes it *stale*, recomputed only
+with `update_stale=True` (or everything with `force=True`). Labelers are ordered by their
+dependencies (sam_edge after sam_instance, metadata after whatever it counts) and those of
+one level and one `group` share an actor: each rgb shard is read and decoded once for all
+of them (one GPU, several models).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from prism4m.labelers.base import LabelInput, Labeler
+from prism4m.labelers.registry import make_labeler
+from prism4m.pipeline.execute import RunReport, run_units
+from prism4m.pipeline.progress import Progress
+from prism4m.pipeline.store import DatasetStore, Member, canonical_json, producer_hash, sha256_hex
+
+RGB = "rgb"
+
+
+class PlanError(ValueError):
+    """The requested run cannot be planned (unknown labeler, missing input folder…)."""
+
+
+@dataclass(frozen=True)
+class LabelUnit:
+    shard: int
+    labelers: tuple[str, ...]          # folders this unit (re)computes, all in one actor group
+    inputs: tuple[str, ...]            # other folders to read for them
+
+
+@dataclass
+class LabelSummary:
+    planned: dict[str, int] = field(default_factory=dict)   # folder → units to run
+    skipped: dict[str, int] = field(default_factory=dict)   # folder → committed, up to date
+    stale_skipped: dict[str, int] = field(default_factory=dict)
+    reports: list[RunReport] = field(default_factory=list)
+    ray_start_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def failures(self) -> list[dict]:
+        return [f for r in self.reports for f in r.failures]
+
+    @property
+    def samples(self) -> int:
+        return sum(r.samples for r in self.reports)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def input_signature(store_records: dict[str, dict[int, dict]], folders: tuple[str, ...], shard: int) -> dict:
+    """What a unit read: the content hash of each input shard (a recommitted input → stale)."""
+    sig = {}
+    for f in folders:
+        rec = store_records.get(f, {}).get(shard)
+        if rec is not None:
+            sig[f] = next(iter(rec["files"].values()))["sha256"][:16]
+    return sig
+
+
+def order_levels(labelers: dict[str, Labeler], committed: set[str]) -> list[list[str]]:
+    """Topological levels of the selected labelers; unmet hard requirements are an error."""
+    level: dict[str, int] = {}
+
+    def depth(name: str, stack: tuple[str, ...] = ()) -> int:
+        if name in level:
+            return level[name]
+        if name in stack:
+            raise PlanError(f"labeler dependency cycle: {' -> '.join(stack + (name,))}")
+        lab = labelers[name]
+        d = 0
+        for req in lab.requires:
+            if req in labelers:
+                d = max(d, depth(req, stack + (name,)) + 1)
+            elif req not in committed:
+                raise PlanError(f"labeler '{name}' needs '{req}', which is neither committed in this "
+                                f"root nor part of this run: add it to the modalities")
+        for opt in lab.optional_inputs:
+            if opt in labelers:
+                d = max(d, depth(opt, stack + (name,)) + 1)
+        level[name] = d
+        return d
+
+    for n in labelers:
+        depth(n)
+    out: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+    for n in labelers:
+        out[level[n]].append(n)
+    return out
+
+
+class LabelWorker:
+    """One Ray actor hosting the labelers of a group; decodes each rgb shard once for all."""
+
+    def __init__(self, store: DatasetStore, specs: list[tuple[str, dict]]):
+        self.store = store
+        self.labelers = {name: make_labeler(name, cfg) for name, cfg in specs}
+
+    def ready(self) -> bool:
+        for lab in self.labelers.values():
+            lab.ensure_setup()  # MissingWeightsError surfaces here, before any shard
+        # Provenance hashes weight files: once per actor, not once per shard.
+        self.provenance = {name: lab.model_provenance() for name, lab in self.labelers.items()}
+        return True
+
+    def process(self, unit: LabelUnit) -> dict:
+        t0 = time.perf_counter()
+        rgb_members = self.store.read_shard(RGB, unit.shard)
+        images = [decode_rgb(m) for m in rgb_members]
+        inputs: dict[str, dict[str, bytes]] = {}
+        for folder in unit.inputs:
+            inputs[folder] = {m.key: m.data for m in self.store.read_shard(folder, unit.shard) if not m.is_invalid}
+        decode_s = time.perf_counter() - t0
+        ledger_records = {f: self.store.read_json(self.store.ledger_path(f, unit.shard))
+                          for f in (RGB, *unit.inputs) if f in inputs or f == RGB}
+        outputs, records, errors = {}, {}, {}
+        for name in unit.labelers:
+            lab = self.labelers[name]
+            t1 = time.perf_counter()
+            wanted = (*lab.requires, *lab.optional_inputs)
+            samples = [LabelInput(m.key, img, {f: inputs[f][m.key] for f in wanted
+                                              if f in inputs and m.key in inputs[f]})
+                       for m, img in zip(rgb_members, images)]
+            payloads, errs = run_labeler(lab, samples)
+            outputs[name] = [Member(s.key, lab.extension, p) for s, p in zip(samples, payloads)]
+            read = (RGB, *[f for f in wanted if f in inputs])
+            records[name] = {
+                "producer": lab.producer(),
+                "inputs": {f: _content_hash(ledger_records[f]) for f in read},
+                "model": self.provenance[name],
+                "random_weights": bool(self.provenance[name].get("random_weights", False)),
+                "wall_s": round(time.perf_counter() - t1 + decode_s / len(unit.labelers), 4),
+            }
+            errors[name] = errs
+        self.store.commit_unit(unit.shard, outputs, records, errors)
+        return {"samples": len(rgb_members) * len(unit.labelers), "shard": unit.shard,
+                "labelers": list(unit.labelers), "wall_s": time.perf_counter() - t0}
+
+
+def _content_hash(record: dict | None) -> str | None:
+    if record is None:
+        return None
+    return next(iter(record["files"].values()))["sha256"][:16]
+
+
+def decode_rgb(member: Member) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(member.data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def run_labeler(lab: Labeler, samples: list[LabelInput]) -> tuple[list[bytes], list[dict]]:
+    """Label in batches; a batch that raises is retried sample by sample, and a sample that
+    still raises (or lacks a required input) becomes an invalid record plus an error line."""
+    payloads: list[bytes | None] = [None] * len(samples)
+    errors: list[dict] = []
+    runnable = []
+    for i, s in enumerate(samples):
+        missing = [r for r in lab.requires if r not in s.inputs]
+        if missing:
+            payloads[i] = b""
+            errors.append({"key": s.key, "reason": "input_invalid",
+                           "message": f"{lab.name}: input {', '.join(missing)} is invalid for this sample"})
+        else:
+            runnable.append(i)
+    bs = max(1, lab.resources.batch_size)
+    for start in range(0, len(runnable), bs):
+        idx = runnable[start:start + bs]
+        try:
+            out = lab.label_batch([samples[i] for i in idx])
+            _check_outputs(lab, out, len(idx))
+            for i, p in zip(idx, out):
+                payloads[i] = p
+        except Exception:  # noqa: BLE001 - isolate the failing sample(s)
+            for i in idx:
+                try:
+                    out = lab.label_batch([samples[i]])
+                    _check_outputs(lab, out, 1)
+                    payloads[i] = out[0]
+                except Exception as exc:  # noqa: BLE001
+                    payloads[i] = b""
+                    errors.append({"key": samples[i].key, "reason": "label_exception",
+                                   "message": f"{lab.name}: {type(exc).__name__}: {str(exc)[:500]}"})
+    return [p if p is not None else b"" for p in payloads], errors
+
+
+def _check_outputs(lab: Labeler, out, n: int) -> None:
+    if not isinstance(out, list) or len(out) != n:
+        raise TypeError(f"{lab.name}.label_batch returned {type(out).__name__} of length "
+                        f"{len(out) if hasattr(out, '__len__') else '?'} for {n} inputs")
+    for p in out:
+        if not isinstance(p, (bytes, bytearray)) or len(p) == 0:
+            raise TypeError(f"{lab.name}.label_batch must return non-empty bytes per sample")
+
+
+def plan(store: DatasetStore, labelers: dict[str, Labeler], *, force: bool = False,
+         update_stale: bool = False, shards: list[int] | None = None) -> tuple[list[list[LabelUnit]], LabelSummary]:
+    """Units to run, level by level; everything else is reported as skipped.
+
+    A committed unit is *stale* when its producer (labeler, config, code version) changed or
+    an input it read was recommitted since; it is recomputed only with ``update_stale``. A
+    unit whose input is recomputed in this very run is recomputed after it.
+    """
+    rgb = store.ledger(RGB)
+    if not rgb:
+        raise PlanError(f"{store.url}: no committed rgb shards; run `prism4m ingest` first")
+    shard_ids = sorted(rgb) if shards is None else [s for s in shards if s in rgb]
+    committed_folders = set(store.ledger_folders())
+    levels = order_levels(labelers, committed_folders)
+    input_folders = {f for lab in labelers.values() for f in (*lab.requires, *lab.optional_inputs)}
+    records = {f: store.ledger(f) for f in ({RGB} | input_folders | set(labelers))}
+    summary = LabelSummary()
+    changing: set[tuple[str, int]] = set()  # (folder, shard) recomputed in this run
+    out: list[list[LabelUnit]] = []
+    for level in levels:
+        todo: dict[tuple[str, int], list[str]] = defaultdict(list)  # (group, shard) → labelers
+        for name in level:
+            lab = labelers[name]
+            current = producer_hash(lab.producer())
+            reads = (RGB, *lab.requires, *lab.optional_inputs)
+            for s in shard_ids:
+                rec = records[name].get(s)
+                upstream_changes = any((f, s) in changing for f in reads)
+                if rec is None or force or upstream_changes:
+                    run = True
+                else:
+                    inputs_now = {f: _content_hash(records[f].get(s)) for f in reads
+                                  if records.get(f, {}).get(s) is not None}
+                    stale = rec.get("producer_hash") != current or rec.get("inputs", {}) != inputs_now
+                    run = stale and update_stale
+                    if stale and not update_stale:
+                        summary.stale_skipped[name] = summary.stale_skipped.get(name, 0) + 1
+                    elif not stale:
+                        summary.skipped[name] = summary.skipped.get(name, 0) + 1
+                if run:
+                    todo[(lab.config.group, s)].append(name)
+                    changing.add((name, s))
+                    summary.planned[name] = summary.planned.get(name, 0) + 1
+        level_units = []
+        for (_, s), names in sorted(todo.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            ins = tuple(sorted({f for n in names for f in (*labelers[n].requires, *labelers[n].optional_inputs)
+                                if f in committed_folders or f in labelers}))
+            level_units.append(LabelUnit(s, tuple(names), ins))
+        out.append(level_units)
+    return out, summary
+
+
+def label(root: str, modalities: list[str], configs: dict[str, dict] | None = None, *,
+          workers: int | None = None, force: bool = False, update_stale: bool = False,
+          ray_address: str | None = None, storage_options: dict | None = None,
+          show_progress: bool = True, max_retries: int = 2) -> LabelSummary:
+    """Label every committed rgb shard of ``root`` with ``modalities`` (output folder names)."""
+    t0 = time.perf_counter()
+    configs = configs or {}
+    store = DatasetStore(root, storage_options)
+    unknown_cfg = set(configs) - set(modalities)
+    if unknown_cfg:
+        raise PlanError(f"config given for labelers not in this run: {', '.join(sorted(unknown_cfg))}")
+    labelers = {name: make_labeler(name, configs.get(name)) for name in modalities}
+    levels, summary = plan(store, labelers, force=force, update_stale=update_stale)
+    if any(levels):
+        from prism4m.pipeline.ray_env import cluster_cpus, ensure_ray
+
+        summary.ray_start_s = ensure_ray(ray_address)
+        for level_units in levels:
+            groups: dict[str, list[LabelUnit]] = defaultdict(list)
+            for u in level_units:
+                groups[labelers[u.labelers[0]].config.group].append(u)
+            for units in groups.values():  # one actor group at a time
+                group = sorted({n for u in units for n in u.labelers})
+                res = [labelers[n].resources for n in group]
+                num_cpus = max(r.num_cpus for r in res)
+                num_gpus = min(1.0, sum(r.num_gpus for r in res))
+                n_workers = workers or max(1, int(cluster_cpus() // max(num_cpus, 1e-3)))
+                specs = [(n, labelers[n].config.model_dump(mode="json")) for n in group]
+                prog = Progress(f"label {'+'.join(group)}", len(units), enabled=show_progress)
+
+                def on_failure(unit: LabelUnit, reason: str, message: str) -> None:
+                    for n in unit.labelers:
+                        store.record_failure(n, unit.shard, reason, message)
+
+                summary.reports.append(run_units(
+                    units, LabelWorker, (store, specs), workers=n_workers, num_cpus=num_cpus,
+                    num_gpus=num_gpus, max_retries=max_retries, progress=prog, on_failure=on_failure))
+    from prism4m.pipeline.manifest import update_manifest
+
+    update_manifest(store)
+    summary.wall_s = time.perf_counter() - t0
+    return summary

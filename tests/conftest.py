@@ -1,0 +1,80 @@
+"""Shared fixtures: one local Ray session per test run, and small real-photo corpora/roots."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prism4m.pipeline.ray_env import set_loopback_env
+
+set_loopback_env()  # before anything imports ray: keep every socket on 127.0.0.1
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "immunohistochemistry",
+          "camera", "horse")
+
+
+def _photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    if name == "motorcycle_left":
+        return data.stereo_motorcycle()[0]
+    img = getattr(data, name)()
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    elif img.dtype != np.uint8:
+        img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+    return img
+
+
+def write_photo_corpus(directory: Path) -> Path:
+    """The scikit-image photographs as a folder of JPEG/PNG files (real pixels, no network)."""
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(PHOTOS):
+        ext = "png" if i % 3 == 2 else "jpg"
+        Image.fromarray(_photo(name)).save(directory / f"{name}.{ext}")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray (2 CPUs, loopback) shared by every test that needs it."""
+    from prism4m.pipeline.ray_env import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def photo_corpus(tmp_path_factory) -> Path:
+    return write_photo_corpus(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="session")
+def photo_root(tmp_path_factory, ray_session, photo_corpus) -> str:
+    """An ingested root of the photos (2 shards of 4, short side 160, 3 crops) with canny_edge.
+
+    Session-scoped and shared: treat it as read-only; use `fresh_photo_root` to modify one.
+    """
+    from prism4m.pipeline.ingest import ingest
+    from prism4m.pipeline.label import label
+
+    root = tmp_path_factory.mktemp("photo_root") / "ds"
+    ingest(str(photo_corpus), str(root), shard_size=4, short_side=160, n_crops=3, show_progress=False)
+    label(str(root), ["canny_edge"], show_progress=False)
+    return str(root)
+
+
+@pytest.fixture
+def fresh_photo_root(photo_root, tmp_path) -> str:
+    """A private copy of `photo_root` that a test may change."""
+    dst = tmp_path / "ds"
+    shutil.copytree(photo_root, dst)
+    return str(dst)
