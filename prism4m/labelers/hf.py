@@ -24,11 +24,14 @@ Subclass `HFLabeler` and set the class attributes::
 - `predict` runs inside `torch.inference_mode()` after `setup()`; `label_batch` calls it.
 - `self.model` (on `self.device`, eval mode, dtype from config), `self.processor` (or None),
   `self.checkpoint` (`weights.ResolvedCheckpoint`) are set by `setup()`.
+- `self.pixel_batches(images)` preprocesses images one by one and yields `(indices, pixel_values)`
+  with images of equal processed shape stacked — for processors that keep the aspect ratio
+  (DPT / Depth Anything), whose outputs cannot be stacked across a mixed batch.
 - `self.to_device(inputs)` moves a processor's output (BatchFeature / dict of tensors) to the
   model's device, casting floating tensors to the model's dtype (fp16/bf16 on GPU).
 - `load_model_kwargs()` / `load_processor_kwargs()` may be overridden to pass extra
-  `from_pretrained` arguments (e.g. `use_fast`); `build_model(path)` to load a model some other
-  way (e.g. a class assembled from parts) — it must still load from the resolved local path.
+  `from_pretrained` arguments (e.g. `use_fast`); `model_class_ref()` to return a class object
+  instead of a transformers name (e.g. a subclass defined in prism4m, see normal.py).
 - `model_provenance()` = `ResolvedCheckpoint.provenance("transformers", "torch")` plus
   `model_class` (the concrete class loaded) and `model_id` (the configured checkpoint).
 
@@ -153,9 +156,13 @@ class HFLabeler(Labeler):
     def load_processor_kwargs(self) -> dict:
         return {}
 
+    def model_class_ref(self) -> str | type:
+        """The class to load: `model_class` (a transformers name); override to return a class."""
+        return self.model_class
+
     def setup(self) -> None:
         loaded = load_hf_model(
-            self.name, self.config.checkpoint, self.example_checkpoint, self.model_class,
+            self.name, self.config.checkpoint, self.example_checkpoint, self.model_class_ref(),
             self.processor_class, device=self.device, dtype=self.config.dtype,
             model_kwargs=self.load_model_kwargs(), processor_kwargs=self.load_processor_kwargs())
         self._loaded = loaded
@@ -174,6 +181,18 @@ class HFLabeler(Labeler):
                 v = v.to(self.device, dtype=dtype) if v.is_floating_point() else v.to(self.device)
             out[k] = v
         return out
+
+    def pixel_batches(self, images, **processor_kwargs):
+        """Yield (indices, pixel_values on device) for groups of equally shaped processed images."""
+        import torch
+
+        groups: dict[tuple, list] = {}
+        for i, img in enumerate(images):
+            pv = self.processor(images=img, return_tensors="pt", **processor_kwargs)["pixel_values"][0]
+            groups.setdefault(tuple(pv.shape), []).append((i, pv))
+        for members in groups.values():
+            idx = [i for i, _ in members]
+            yield idx, self.to_device({"pixel_values": torch.stack([pv for _, pv in members])})["pixel_values"]
 
     def label_batch(self, batch: list[LabelInput]) -> list[bytes]:
         import torch
