@@ -5,39 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from prism4m.pipeline.ray_env import set_loopback_env
 
 set_loopback_env()  # before anything imports ray: keep every socket on 127.0.0.1
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "immunohistochemistry",
-          "camera", "horse")
-
-
-def _photo(name: str) -> np.ndarray:
-    from skimage import data
-
-    if name == "motorcycle_left":
-        return data.stereo_motorcycle()[0]
-    img = getattr(data, name)()
-    if img.dtype == bool:
-        img = img.astype(np.uint8) * 255
-    elif img.dtype != np.uint8:
-        img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
-    return img
-
-
-def write_photo_corpus(directory: Path) -> Path:
-    """The scikit-image photographs as a folder of JPEG/PNG files (real pixels, no network)."""
-    from PIL import Image
-
-    directory.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(PHOTOS):
-        ext = "png" if i % 3 == 2 else "jpg"
-        Image.fromarray(_photo(name)).save(directory / f"{name}.{ext}")
-    return directory
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "immunohistochemistry", "camera", "logo")
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +28,9 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def photo_corpus(tmp_path_factory) -> Path:
-    return write_photo_corpus(tmp_path_factory.mktemp("photos"))
+    from prism4m.demo import write_photo_corpus
+
+    return write_photo_corpus(tmp_path_factory.mktemp("photos"), PHOTOS)
 
 
 @pytest.fixture(scope="session")

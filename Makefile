@@ -1,0 +1,41 @@
+# prism4m front door: `make demo`, `make test`, `make bench`. Each sets up .venv when missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.prism4m-installed
+DEMO_DIR ?= demo-out
+
+.PHONY: setup demo test bench browser clean-demo
+
+# Exact pins from requirements-lock.txt (torch 2.14.1 / torchvision 0.29.1 come from the local
+# wheel cache here), then the package itself without letting pip re-resolve anything.
+$(STAMP): requirements-lock.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-lock.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import prism4m, torch, torchvision, ray, webdataset, segment_anything, open_clip, transformers"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+# Headless Chromium for the report's browser test (Debian's package; root on these machines).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; browser tests will be skipped"; }
+
+demo: setup
+	@rm -rf $(DEMO_DIR)
+	$(PY) -m prism4m.demo $(DEMO_DIR)/corpus
+	$(VENV)/bin/prism4m run jobs/demo.yaml
+
+# pytest exits 5 when it collects no test: that is not a failure of the suite.
+test: setup browser
+	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+bench: setup
+	$(PY) benchmarks/run_all.py --out benchmarks/results/latest.json
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

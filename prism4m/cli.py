@@ -1,0 +1,175 @@
+"""The `prism4m` command line. Each command is a thin shell over a function of prism4m.api.
+
+Imports are lazy: `prism4m status` on a finished root must not pay for torch or Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Build aligned, pre-tokenized multimodal 4M datasets on Ray, and train on them.")
+
+RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster address ('auto' on a cluster); default: local Ray")
+WORKERS = typer.Option(None, "--workers", "-w", help="actors per stage (default: as many as the cluster fits)")
+QUIET = typer.Option(False, "--quiet", "-q", help="no progress lines")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """`name.key=value` pairs → {name: {key: value}}; values parsed as YAML scalars."""
+    import yaml
+
+    out: dict[str, dict] = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            _fail(f"--config {item!r}: expected LABELER.KEY=VALUE, e.g. canny_edge.low=50")
+        lhs, value = item.split("=", 1)
+        name, key = lhs.split(".", 1)
+        out.setdefault(name, {})[key] = yaml.safe_load(value)
+    return out
+
+
+def _print_failures(kind: str, failures: list[dict]) -> None:
+    for f in failures:
+        unit = f["unit"]
+        where = f"shard-{unit.shard:06d}" if hasattr(unit, "shard") else str(unit)[:80]
+        typer.secho(f"  FAILED {kind} {where}: {f['reason']}: {f['message'][:300]}", fg=typer.colors.RED, err=True)
+
+
+@app.command()
+def ingest(
+    source: str = typer.Argument(..., help="folder, tar/WebDataset, Parquet or img2dataset output (local or s3://…)"),
+    root: str = typer.Argument(..., help="dataset root to create or extend (local or s3://…)"),
+    shard_size: int = typer.Option(1000, help="samples per shard"),
+    short_side: int = typer.Option(512, help="resize so the short side is this many pixels"),
+    jpeg_quality: int = typer.Option(90, help="JPEG quality of rgb/"),
+    n_crops: int = typer.Option(5, help="crop_settings rows per sample"),
+    seed: int = typer.Option(0, help="seed of the crop draws"),
+    max_pixels: int = typer.Option(89_478_485, help="refuse larger images (decompression-bomb guard)"),
+    min_side: int = typer.Option(32, help="refuse images whose short side is smaller"),
+    no_dedup: bool = typer.Option(False, "--no-dedup", help="keep content duplicates as samples"),
+    workers: Optional[int] = WORKERS,
+    force: bool = typer.Option(False, help="recompute committed shards"),
+    ray_address: Optional[str] = RAY_ADDRESS,
+    quiet: bool = QUIET,
+) -> None:
+    """Ingest a corpus into keyed rgb/, source/ and crop_settings/ shards."""
+    from prism4m import api
+
+    summary = api.ingest(source, root, workers=workers, force=force, ray_address=ray_address,
+                         show_progress=not quiet, shard_size=shard_size, short_side=short_side,
+                         jpeg_quality=jpeg_quality, n_crops=n_crops, seed=seed, max_pixels=max_pixels,
+                         min_side=min_side, dedup=not no_dedup)
+    refused = sum(v for k, v in summary.scan_errors.items() if k != "duplicate")
+    done = sum(r.get("samples", 0) for rep in summary.reports for r in rep.results if "shard" in r)
+    bad = sum(r.get("errors", 0) for rep in summary.reports for r in rep.results if "shard" in r)
+    typer.echo(f"ingest: {summary.files_listed} files listed, {summary.new_items} new items, "
+               f"{summary.samples_planned} samples planned, {summary.duplicates} duplicates, "
+               f"{summary.skipped_shards} shards already committed, {done} samples written, "
+               f"{bad} refused while decoding, {refused} refused while listing/scanning "
+               f"({summary.wall_s:.1f}s)")
+    if summary.scan_errors:
+        typer.echo("  listing/scan: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.scan_errors.items())))
+    if summary.failures:
+        _print_failures("ingest", summary.failures)
+        raise typer.Exit(1)
+
+
+@app.command()
+def label(
+    root: str = typer.Argument(..., help="dataset root (local or s3://…)"),
+    modalities: str = typer.Option(..., "--modalities", "-m", help="comma-separated labelers, e.g. canny_edge,color_palette,metadata"),
+    config: list[str] = typer.Option([], "--config", "-c", help="LABELER.KEY=VALUE (repeatable)"),
+    config_file: Optional[str] = typer.Option(None, "--config-file", help="YAML {labeler: {key: value}}"),
+    workers: Optional[int] = WORKERS,
+    force: bool = typer.Option(False, help="recompute every shard"),
+    update_stale: bool = typer.Option(False, "--update-stale", help="recompute shards whose config or inputs changed"),
+    ray_address: Optional[str] = RAY_ADDRESS,
+    quiet: bool = QUIET,
+) -> None:
+    """Run pseudo-labelers as Ray actors over every committed rgb shard."""
+    import yaml
+
+    from prism4m import api
+
+    configs: dict[str, dict] = {}
+    if config_file:
+        with open(config_file) as fh:
+            configs = yaml.safe_load(fh) or {}
+    for name, kv in parse_overrides(config).items():
+        configs.setdefault(name, {}).update(kv)
+    mods = [m.strip() for m in modalities.split(",") if m.strip()]
+    try:
+        summary = api.label(root, mods, configs, workers=workers, force=force, update_stale=update_stale,
+                            ray_address=ray_address, show_progress=not quiet)
+    except (api.PlanError, api.WorkerStartupError, KeyError, ValueError) as exc:
+        _fail(str(exc).strip("'\""))
+    planned = ", ".join(f"{k}={v}" for k, v in sorted(summary.planned.items())) or "nothing to do"
+    typer.echo(f"label: ran {planned}; up to date: "
+               f"{', '.join(f'{k}={v}' for k, v in sorted(summary.skipped.items())) or '-'} "
+               f"({summary.wall_s:.1f}s)")
+    if summary.stale_skipped:
+        typer.secho("  stale (config or inputs changed), not recomputed: "
+                    + ", ".join(f"{k}={v}" for k, v in sorted(summary.stale_skipped.items()))
+                    + " — rerun with --update-stale to recompute them", fg=typer.colors.YELLOW)
+    if summary.failures:
+        _print_failures("label", summary.failures)
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    root: str = typer.Argument(..., help="dataset root (local or s3://…)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Folder × {committed, stale, missing, failed} shards, samples, errors by reason."""
+    from prism4m import api
+
+    st = api.status(root)
+    if as_json:
+        from dataclasses import asdict
+
+        typer.echo(json.dumps(asdict(st), indent=2, default=str))
+    else:
+        from prism4m.report.status import format_status
+
+        typer.echo(format_status(st))
+
+
+@app.command()
+def labelers() -> None:
+    """List the labelers this installation knows (built-ins and entry points)."""
+    from prism4m.labelers.registry import available_labelers
+
+    for name, target in sorted(available_labelers().items()):
+        typer.echo(f"{name:16s} {target}")
+
+
+@app.command()
+def run(job: str = typer.Argument(..., help="job spec YAML (see jobs/)"), quiet: bool = QUIET) -> None:
+    """Run every step of a job spec: ingest → label → …"""
+    from prism4m import api
+
+    try:
+        ok = api.run_job(job, show_progress=not quiet)
+    except (api.PlanError, api.WorkerStartupError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""Looking at a dataset root: status tables and the HTML report."""

@@ -1,0 +1,129 @@
+"""`prism4m status ROOT`: per folder, its producer and committed / stale / missing / failed shards.
+
+Computed from the ledger alone (no config needed):
+- stale: the shard's recorded input hash differs from the input's current content (an input
+  was recommitted since), or its producer differs from the folder's newest producer (a config
+  change applied to only part of the folder);
+- missing: an rgb shard with no record and no failure; failed: a recorded final failure.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from prism4m.pipeline.store import DatasetStore
+
+SCAN_ERRORS = "_errors/ingest/scan.jsonl"
+
+
+@dataclass
+class FolderStatus:
+    folder: str
+    producer: str
+    random_weights: bool
+    committed: int = 0
+    stale: int = 0
+    missing: int = 0
+    failed: int = 0
+    samples: int = 0
+    invalid: int = 0
+    errors: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class DatasetStatus:
+    root: str
+    rgb_shards: int
+    folders: list[FolderStatus]
+    source_errors: Counter
+    failures: list[dict]
+
+    @property
+    def random_weights(self) -> bool:
+        return any(f.random_weights for f in self.folders)
+
+
+def _content(rec: dict | None) -> str | None:
+    return None if rec is None else next(iter(rec["files"].values()))["sha256"][:16]
+
+
+def dataset_status(root: str, storage_options: dict | None = None) -> DatasetStatus:
+    store = DatasetStore(root, storage_options)
+    ledgers = {f: store.ledger(f) for f in store.ledger_folders()}
+    rgb = ledgers.get("rgb", {})
+    first = ("rgb", "source", "crop_settings")
+    folders = sorted(set(ledgers) | set(_failed_folders(store)),
+                     key=lambda f: (first.index(f) if f in first else len(first), f))
+    out = []
+    failures = []
+    for folder in folders:
+        recs = ledgers.get(folder, {})
+        failed = store.failed_units(folder)
+        newest = max(recs.values(), key=lambda r: r.get("committed_at", ""), default=None)
+        producer = newest["producer"] if newest else {}
+        fs = FolderStatus(folder, _describe(producer), any(r.get("random_weights") for r in recs.values()))
+        for s, rec in recs.items():
+            changed_input = any(ledgers.get(f, {}).get(s) is not None and _content(ledgers[f][s]) != h
+                                for f, h in rec.get("inputs", {}).items())
+            if changed_input or (newest and rec["producer_hash"] != newest["producer_hash"]):
+                fs.stale += 1
+            else:
+                fs.committed += 1
+            fs.samples += rec["n_samples"]
+            fs.invalid += len(rec.get("invalid", []))
+            fs.errors.update(rec.get("errors_by_reason", {}))
+        fs.failed = sum(1 for s in failed if s not in recs)
+        fs.missing = sum(1 for s in rgb if s not in recs and s not in failed)
+        failures += [v for s, v in failed.items() if s not in recs]
+        out.append(fs)
+    source_errors: Counter = Counter()
+    if store.exists(store.p(SCAN_ERRORS)):
+        import json
+
+        for line in store.read_bytes(store.p(SCAN_ERRORS)).decode().splitlines():
+            if line.strip():
+                source_errors[json.loads(line)["reason"]] += 1
+    return DatasetStatus(store.url, len(rgb), out, source_errors, failures)
+
+
+def _failed_folders(store: DatasetStore) -> list[str]:
+    base = store.p("_errors")
+    if not store.exists(base):
+        return []
+    names = []
+    for d in store.fs.ls(base, detail=False):
+        name = d.rstrip("/").rsplit("/", 1)[-1]
+        if name != "ingest" and store.failed_units(name):
+            names.append(name)
+    return names
+
+
+def _describe(producer: dict) -> str:
+    if not producer:
+        return "-"
+    name = producer.get("name", "?")
+    cfg = producer.get("config", {})
+    ckpt = cfg.get("checkpoint") if isinstance(cfg, dict) else None
+    return f"{producer.get('kind', '?')}:{name}" + (f" ({ckpt})" if ckpt else "")
+
+
+def format_status(st: DatasetStatus) -> str:
+    head = ["folder", "producer", "committed", "stale", "missing", "failed", "samples", "invalid", "errors"]
+    rows = []
+    for f in st.folders:
+        err = ", ".join(f"{k}={v}" for k, v in sorted(f.errors.items())) or "-"
+        producer = f.producer + ("  [RANDOM WEIGHTS]" if f.random_weights else "")
+        rows.append([f.folder, producer, f.committed, f.stale, f.missing, f.failed, f.samples, f.invalid, err])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
+    lines = [f"dataset {st.root}: {st.rgb_shards} rgb shards"]
+    lines.append("  ".join(str(h).ljust(w) for h, w in zip(head, widths)))
+    for r in rows:
+        lines.append("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+    if st.source_errors:
+        lines.append("input files not ingested: " + ", ".join(f"{k}={v}" for k, v in sorted(st.source_errors.items())))
+    if st.random_weights:
+        lines.append("WARNING: some labels come from RANDOM-WEIGHT models (smoke run): not real pseudo-labels.")
+    for fail in st.failures:
+        lines.append(f"FAILED {fail['folder']}/shard-{fail['shard']:06d}: {fail['reason']}: {fail['message'][:200]}")
+    return "\n".join(lines)
