@@ -1,0 +1,120 @@
+"""Parquet export of a dataset root (DATASET.md): one row per sample, one part per shard.
+
+``ROOT/_export/parquet/part-%06d.parquet`` (or ``out``) with columns ``key`` (string),
+``shard`` (int32), ``crop_settings`` (list<list<int64>>), one list<list<int16>> column per
+current token folder (named as the folder, e.g. ``tok_rgb@224``; kept versions
+``tok_…~hash`` are not exported) and one string column per sequence modality (``caption``
+as text; det/metadata/color_palette/human_poses as their JSON text). Invalid records are
+nulls. Every part has the same schema (a folder not committed for a shard is all-null in
+that part), so ``duckdb.sql("select * from 'ROOT/_export/parquet/*.parquet'")`` and
+``pyarrow.dataset`` read the export as one table. Only committed shards are read; a part is
+written under a temporary name and moved into place, and ``_export.json`` (written last)
+lists the parts and the ledger content hashes they were built from.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from prism4m.pipeline.store import DatasetStore, now_iso
+from prism4m.tokenizers.pretokenize import VERSION_SEP, content_hash
+
+SEQUENCE_FOLDERS = ("caption", "det", "metadata", "color_palette", "human_poses")
+EXPORT_DIR = "_export/parquet"
+
+
+def _nested_ints(arrays: list[np.ndarray | None], dtype: pa.DataType, np_dtype) -> pa.Array:
+    """list<list<dtype>> from 2-D arrays (None → null row), built from offsets, not Python lists."""
+    outer = [0]
+    inner = [0]
+    flat = []
+    valid = []
+    for a in arrays:
+        if a is None:
+            outer.append(outer[-1])
+            valid.append(False)
+            continue
+        a = np.asarray(a).reshape(len(a), -1)
+        for row in a:
+            inner.append(inner[-1] + len(row))
+        flat.append(a.astype(np_dtype).reshape(-1))
+        outer.append(outer[-1] + len(a))
+        valid.append(True)
+    values = pa.array(np.concatenate(flat) if flat else np.zeros(0, np_dtype), type=dtype)
+    inner_arr = pa.ListArray.from_arrays(pa.array(inner, pa.int32()), values)
+    mask = pa.array([not v for v in valid])
+    return pa.ListArray.from_arrays(pa.array(outer, pa.int32()), inner_arr, mask=mask)
+
+
+def _npy(data: bytes) -> np.ndarray | None:
+    return None if not data else np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _text(data: bytes) -> str | None:
+    return data.decode("utf-8") if data else None
+
+
+def export_parquet(root: str, out: str | None = None, *, storage_options: dict | None = None) -> dict:
+    """Write the Parquet export; returns the summary written to ``_export.json``."""
+    store = DatasetStore(root, storage_options)
+    rgb = store.ledger("rgb")
+    crops = store.ledger("crop_settings")
+    shards = sorted(set(rgb) & set(crops))
+    if not shards:
+        raise ValueError(f"{store.url}: no shard with committed rgb and crop_settings")
+    folders = store.ledger_folders()
+    tok_folders = [f for f in folders if f.startswith("tok_") and VERSION_SEP not in f]
+    seq_folders = [f for f in SEQUENCE_FOLDERS if f in folders]
+    ledgers = {f: store.ledger(f) for f in tok_folders + seq_folders}
+    if out is None:
+        out_fs, out_path = store.fs, store.p(EXPORT_DIR)
+    else:
+        import fsspec
+
+        out_fs, out_path = fsspec.core.url_to_fs(out, **(storage_options or {}))
+    out_fs.makedirs(out_path, exist_ok=True)
+    schema = pa.schema([("key", pa.string()), ("shard", pa.int32()), ("crop_settings", pa.list_(pa.list_(pa.int64())))]
+                       + [(f, pa.list_(pa.list_(pa.int16()))) for f in tok_folders]
+                       + [(f, pa.string()) for f in seq_folders])
+    parts = {}
+    rows = 0
+    for index in shards:
+        keys = [m.key for m in store.iter_shard("rgb", index)]
+        cols: dict[str, pa.Array] = {
+            "key": pa.array(keys, pa.string()),
+            "shard": pa.array(np.full(len(keys), index, np.int32)),
+            "crop_settings": _nested_ints([_npy(m.data) for m in store.iter_shard("crop_settings", index)],
+                                          pa.int64(), np.int64),
+        }
+        sources = {"rgb": content_hash(rgb[index]), "crop_settings": content_hash(crops[index])}
+        for f in tok_folders + seq_folders:
+            rec = ledgers[f].get(index)
+            members = store.read_shard(f, index) if rec else []
+            if members and [m.key for m in members] != keys:
+                raise ValueError(f"{store.url}: {f}/shard {index} keys differ from rgb (misaligned)")
+            sources[f] = content_hash(rec)
+            if f in tok_folders:
+                cols[f] = _nested_ints([_npy(m.data) for m in members] if members else [None] * len(keys),
+                                       pa.int16(), np.int16)
+            else:
+                cols[f] = pa.array([_text(m.data) for m in members] if members else [None] * len(keys),
+                                   pa.string())
+        table = pa.Table.from_arrays([cols[name] for name in schema.names], schema=schema)
+        name = f"part-{index:06d}.parquet"
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, compression="zstd")
+        tmp = posixpath.join(out_path, "." + name + ".tmp")
+        out_fs.pipe_file(tmp, buf.getvalue().to_pybytes())
+        out_fs.mv(tmp, posixpath.join(out_path, name))
+        parts[name] = {"shard": index, "rows": len(keys), "sources": sources}
+        rows += len(keys)
+    summary = {"format": "prism4m-parquet/1", "root": store.url, "rows": rows, "columns": schema.names,
+               "parts": parts, "exported_at": now_iso()}
+    out_fs.pipe_file(posixpath.join(out_path, "_export.json"), json.dumps(summary, indent=2).encode())
+    return summary

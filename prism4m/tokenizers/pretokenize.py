@@ -1,0 +1,354 @@
+"""The tokenize stage: crops × labels → ``tok_<mod>@<res>/shard-%06d.tar`` on Ray actors.
+
+For every committed rgb shard and every tokenizer, each sample's label is cut with each of
+its crop_settings rows (crops.py), normalised (specs.py) and encoded in batches; the member
+``KEY.npy`` holds int16 ``(n_crops, n_tokens)``, keys and order those of rgb/. A sample whose
+label is an invalid record (or fails to decode) gets a zero-byte member and an error line
+(reason ``input_invalid`` / ``decode_error``), as DATASET.md requires. Units are shards; one
+actor runs all tokenizers of a shard, reading rgb/ and crop_settings/ once, and commits all
+their folders with one ``DatasetStore.commit_unit``.
+
+Provenance and resume. Each token shard's ledger producer is
+``{"kind": "tokenizer", "name": <folder>, "type", "modality", "card_hash", "vocab_size",
+"n_tokens", "code_version", "version"}`` and its ``inputs`` the content hashes of the rgb,
+crop_settings and label shards it read. A committed shard is skipped when both match; a
+different tokenizer (another card hash) or a relabeled input makes it stale, and tokenize
+recomputes it — no labeler runs. ``force=True`` recomputes everything.
+
+Token versions. The default folder (``card.token_folder``: ``tok_rgb@224``,
+``tok_semseg@224``, ``tok_dinov2_global`` …) is what ml-4m reads and always holds the tokens
+of the tokenizer last run. When a shard is re-tokenized by a tokenizer with another card
+hash, the shard it replaces is kept, in the same commit, as ``<folder>~<old card_hash[:8]>``
+(e.g. ``tok_rgb@224~1a2b3c4d``) with its original ledger producer, so earlier versions stay
+readable (point a loader at that folder; ml-4m: ``modality_name_map``) and selectable:
+``select_token_version(root, "tok_rgb@224", card_hash)`` makes a kept version the default
+again (the displaced one is kept in turn), and running tokenize with a tokenizer whose tokens
+are kept copies them back instead of re-encoding. ``token_versions(root)`` lists them.
+``folders={tokenizer_dir: "name"}`` writes a tokenizer to a folder of your choice instead.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from prism4m import __version__
+from prism4m.pipeline.execute import RunReport, run_units
+from prism4m.pipeline.progress import Progress
+from prism4m.pipeline.store import DatasetStore, Member, producer_hash
+
+#: bump when the same tokenizer would write different tokens (crop/normalise code changes)
+TOKENIZE_VERSION = "1"
+VERSION_SEP = "~"
+INPUT_FOLDERS = ("rgb", "crop_settings")
+
+
+@dataclass(frozen=True)
+class TokenizeJob:
+    """One tokenizer of a run: where it lives and where its tokens go."""
+
+    url: str
+    folder: str
+    producer: dict
+    source_folder: str
+
+    @property
+    def producer_hash(self) -> str:
+        return producer_hash(self.producer)
+
+
+@dataclass(frozen=True)
+class TokenizeUnit:
+    shard: int
+    jobs: tuple[int, ...]  # indices into the run's job list
+
+
+@dataclass
+class TokenizeSummary:
+    planned: dict[str, int] = field(default_factory=dict)   # folder → shards to (re)compute
+    skipped: dict[str, int] = field(default_factory=dict)   # folder → up to date
+    stale: dict[str, int] = field(default_factory=dict)     # folder → recomputed because stale
+    report: RunReport | None = None
+    wall_s: float = 0.0
+
+    @property
+    def failures(self) -> list[dict]:
+        return self.report.failures if self.report else []
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def samples(self) -> int:
+        return self.report.samples if self.report else 0
+
+
+def tokenizer_producer(card, folder: str) -> dict:
+    return {"kind": "tokenizer", "name": folder, "type": card.type, "modality": card.modality,
+            "card_hash": card.card_hash(), "vocab_size": card.vocab_size, "n_tokens": card.n_tokens,
+            "version": TOKENIZE_VERSION, "code_version": __version__}
+
+
+def version_folder(folder: str, card_hash: str) -> str:
+    return f"{folder}{VERSION_SEP}{card_hash[:8]}"
+
+
+def content_hash(record: dict | None) -> str | None:
+    """What a reader of a shard depends on: the sha256 of its tar (recommitted → changes)."""
+    if record is None:
+        return None
+    return next(iter(record["files"].values()))["sha256"][:16]
+
+
+def _encode_shard(store: DatasetStore, tok, index: int, batch_size: int, cache: dict) -> tuple[list[Member], list[dict], float]:
+    """Token members of one shard for one tokenizer, plus error lines and encoder seconds."""
+    from prism4m.tokenizers.samples import iter_shard_inputs
+
+    keys: list[str] = []
+    tokens: dict[str, np.ndarray] = {}
+    errors: list[dict] = []
+    pending: list[tuple[str, int]] = []  # (key, n_crops) waiting in the batch buffer
+    buf: list[np.ndarray] = []
+    encode_s = 0.0
+
+    def flush() -> None:
+        nonlocal encode_s
+        if not buf:
+            return
+        t = time.perf_counter()
+        ids = tok.encode(np.concatenate(buf))
+        encode_s += time.perf_counter() - t
+        at = 0
+        for key, n in pending:
+            tokens[key] = ids[at:at + n].astype(np.int16)
+            at += n
+        pending.clear()
+        buf.clear()
+
+    for s in iter_shard_inputs(store, tok.spec, index, cache):
+        keys.append(s.key)
+        if s.value is None:
+            reason = "input_invalid" if s.error == "invalid_label" else "decode_error"
+            errors.append({"key": s.key, "reason": reason,
+                           "message": f"{tok.spec.folder}/{s.key}: {s.error}"})
+            continue
+        batch = tok.prepare(s.value, s.rows, s.image_hw)
+        buf.append(batch)
+        pending.append((s.key, len(batch)))
+        if sum(len(b) for b in buf) >= batch_size:
+            flush()
+    flush()
+    members = []
+    for key in keys:
+        if key in tokens:
+            out = io.BytesIO()
+            np.save(out, tokens[key], allow_pickle=False)
+            members.append(Member(key, "npy", out.getvalue()))
+        else:
+            members.append(Member(key, "npy", b""))
+    return members, errors, encode_s
+
+
+class TokenizeWorker:
+    """A Ray actor holding every tokenizer of the run (loaded once) and doing shard units."""
+
+    def __init__(self, store: DatasetStore, jobs: list[TokenizeJob], batch_size: int, threads: int):
+        self.store, self.jobs, self.batch_size, self.threads = store, jobs, batch_size, threads
+        self.tokenizers: list = []
+
+    def ready(self) -> bool:
+        import torch
+
+        from prism4m.tokenizers.registry import load_tokenizer
+
+        torch.set_num_threads(max(1, self.threads))
+        self.tokenizers = [load_tokenizer(j.url) for j in self.jobs]
+        return True
+
+    def process(self, unit: TokenizeUnit) -> dict:
+        t0 = time.perf_counter()
+        store, index = self.store, unit.shard
+        cache: dict[str, list] = {}
+        outputs: dict[str, list[Member]] = {}
+        records: dict[str, dict] = {}
+        errors: dict[str, list[dict]] = {}
+        encode_s = 0.0
+        ledgers = {f: store.ledger_path(f, index) for f in INPUT_FOLDERS}
+        inputs_rec = {f: store.read_json(p) for f, p in ledgers.items()}
+        for j in unit.jobs:
+            job, tok = self.jobs[j], self.tokenizers[j]
+            src = inputs_rec.get(job.source_folder) or store.read_json(store.ledger_path(job.source_folder, index))
+            inputs = {f: content_hash(r) for f, r in {**inputs_rec, job.source_folder: src}.items()}
+            old = _read_record(store, job.folder, index)
+            if old is not None and old.get("producer", {}).get("card_hash") != job.producer["card_hash"] \
+                    and old.get("producer", {}).get("kind") == "tokenizer":
+                keep = version_folder(job.folder, old["producer"]["card_hash"])
+                if _read_record(store, keep, index) is None or \
+                        _read_record(store, keep, index).get("producer_hash") != old.get("producer_hash"):
+                    outputs[keep] = store.read_shard(job.folder, index)
+                    records[keep] = {k: old[k] for k in ("producer", "inputs", "invalid") if k in old}
+                    errors[keep] = _read_errors(store, job.folder, index)
+            kept = _read_record(store, version_folder(job.folder, job.producer["card_hash"]), index)
+            if kept is not None and kept.get("producer_hash") == job.producer_hash and kept.get("inputs") == inputs:
+                # this tokenizer's tokens were kept when it was replaced: restore, don't re-encode
+                vf = version_folder(job.folder, job.producer["card_hash"])
+                members, errs = store.read_shard(vf, index), _read_errors(store, vf, index)
+            else:
+                members, errs, secs = _encode_shard(store, tok, index, self.batch_size, cache)
+                encode_s += secs
+            outputs[job.folder] = members
+            records[job.folder] = {"producer": job.producer, "inputs": inputs,
+                                   "random_weights": bool(tok.card.random_weights),
+                                   "wall_s": round(time.perf_counter() - t0, 4)}
+            errors[job.folder] = errs
+        store.commit_unit(index, outputs, records, errors)
+        n = len(next(iter(outputs.values()))) if outputs else 0
+        return {"samples": n, "shard": index, "folders": [self.jobs[j].folder for j in unit.jobs],
+                "encode_s": encode_s, "wall_s": time.perf_counter() - t0}
+
+
+def _read_record(store: DatasetStore, folder: str, index: int) -> dict | None:
+    path = store.ledger_path(folder, index)
+    return store.read_json(path) if store.exists(path) else None
+
+
+def _read_errors(store: DatasetStore, folder: str, index: int) -> list[dict]:
+    import json
+
+    path = store.errors_path(folder, index)
+    if not store.exists(path):
+        return []
+    return [json.loads(line) for line in store.read_bytes(path).decode().splitlines() if line.strip()]
+
+
+def make_jobs(tokenizer_dirs: list[str], folders: dict[str, str] | None = None) -> list[TokenizeJob]:
+    """Read each card (no weights) and decide the output folder and producer."""
+    from prism4m.tokenizers.card import read_card
+    from prism4m.tokenizers.specs import get_spec
+
+    jobs = []
+    for url in tokenizer_dirs:
+        card = read_card(url)
+        if card.type == "wordpiece":
+            raise ValueError(f"{url}: text tokenizers are applied by the trainer's loader, not pre-tokenized")
+        if card.vocab_size > 32768:
+            raise ValueError(f"{url}: vocabulary {card.vocab_size} does not fit int16 token files")
+        spec = get_spec(card.modality)
+        folder = (folders or {}).get(url) or card.token_folder or spec.token_folder(card.input_size)
+        jobs.append(TokenizeJob(url, folder, tokenizer_producer(card, folder), spec.folder))
+    names = [j.folder for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two tokenizers write the same folder: {names}")
+    return jobs
+
+
+def plan_tokenize(store: DatasetStore, jobs: list[TokenizeJob], force: bool = False) -> tuple[list[TokenizeUnit], TokenizeSummary]:
+    rgb = store.ledger("rgb")
+    if not rgb:
+        raise ValueError(f"{store.url}: no committed rgb shards; run `prism4m ingest` first")
+    crops = store.ledger("crop_settings")
+    records = {f: store.ledger(f) for f in {j.folder for j in jobs} | {j.source_folder for j in jobs}}
+    summary = TokenizeSummary()
+    todo: dict[int, list[int]] = defaultdict(list)
+    for ji, job in enumerate(jobs):
+        for s in sorted(rgb):
+            src = records[job.source_folder].get(s)
+            if src is None or s not in crops:
+                continue  # label not committed (yet): nothing to tokenize for this shard
+            rec = records[job.folder].get(s)
+            inputs_now = {"rgb": content_hash(rgb[s]), "crop_settings": content_hash(crops[s]),
+                          job.source_folder: content_hash(src)}
+            if rec is not None and not force:
+                if rec.get("producer_hash") == job.producer_hash and rec.get("inputs") == inputs_now:
+                    summary.skipped[job.folder] = summary.skipped.get(job.folder, 0) + 1
+                    continue
+                summary.stale[job.folder] = summary.stale.get(job.folder, 0) + 1
+            todo[s].append(ji)
+            summary.planned[job.folder] = summary.planned.get(job.folder, 0) + 1
+    return [TokenizeUnit(s, tuple(js)) for s, js in sorted(todo.items())], summary
+
+
+def tokenize(root: str, tokenizer_dirs: list[str] | str, *, workers: int | None = None, force: bool = False,
+             folders: dict[str, str] | None = None, batch_size: int = 64, num_cpus: float = 1.0,
+             ray_address: str | None = None, storage_options: dict | None = None, show_progress: bool = True,
+             max_retries: int = 2) -> TokenizeSummary:
+    """Tokenize every committed shard of ``root`` with each tokenizer directory (path or URL).
+
+    Skips shards whose ledger matches the tokenizer's card hash and the inputs read; a
+    different tokenizer re-tokenizes (keeping the replaced tokens, see module docstring).
+    ``workers`` actors (default: cluster CPUs ÷ ``num_cpus``), each with ``num_cpus`` CPUs
+    and as many torch threads. Returns a summary; failed shards are in ``summary.failures``.
+    """
+    t0 = time.perf_counter()
+    if isinstance(tokenizer_dirs, str):
+        tokenizer_dirs = [tokenizer_dirs]
+    store = DatasetStore(root, storage_options)
+    jobs = make_jobs([str(d) for d in tokenizer_dirs], folders)
+    units, summary = plan_tokenize(store, jobs, force=force)
+    if units:
+        from prism4m.pipeline.ray_env import cluster_cpus, ensure_ray
+
+        ensure_ray(ray_address)
+        n_workers = workers or max(1, int(cluster_cpus() // max(num_cpus, 1e-3)))
+
+        def on_failure(unit: TokenizeUnit, reason: str, message: str) -> None:
+            for j in unit.jobs:
+                store.record_failure(jobs[j].folder, unit.shard, reason, message)
+
+        summary.report = run_units(
+            units, TokenizeWorker, (store, jobs, batch_size, int(max(1, num_cpus))), workers=n_workers,
+            num_cpus=num_cpus, max_retries=max_retries, on_failure=on_failure,
+            progress=Progress("tokenize " + "+".join(j.folder for j in jobs), len(units), enabled=show_progress))
+    from prism4m.pipeline.manifest import update_manifest
+
+    update_manifest(store)
+    summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+def token_versions(root: str, storage_options: dict | None = None) -> dict[str, list[dict]]:
+    """Default token folder → its versions: {folder, card_hash, shards, current}."""
+    store = DatasetStore(root, storage_options)
+    out: dict[str, list[dict]] = defaultdict(list)
+    for folder in store.ledger_folders():
+        base = folder.split(VERSION_SEP)[0]
+        recs = store.ledger(folder)
+        prods = {r["producer"].get("card_hash") for r in recs.values() if r["producer"].get("kind") == "tokenizer"}
+        for ch in sorted(p for p in prods if p):
+            out[base].append({"folder": folder, "card_hash": ch, "current": folder == base,
+                              "shards": sorted(i for i, r in recs.items() if r["producer"].get("card_hash") == ch)})
+    return dict(out)
+
+
+def select_token_version(root: str, folder: str, card_hash: str, storage_options: dict | None = None) -> int:
+    """Make the kept version ``card_hash`` of ``folder`` the default again; returns shards swapped."""
+    store = DatasetStore(root, storage_options)
+    kept_folder = version_folder(folder, card_hash)
+    kept = store.ledger(kept_folder)
+    if not kept:
+        raise KeyError(f"{store.url}: no kept version {kept_folder}")
+    current = store.ledger(folder)
+    swapped = 0
+    for index, rec in sorted(kept.items()):
+        cur = current.get(index)
+        if cur is not None and cur["producer"].get("card_hash") == card_hash:
+            continue
+        outputs = {folder: store.read_shard(kept_folder, index)}
+        records = {folder: {k: rec[k] for k in ("producer", "inputs", "invalid") if k in rec}}
+        errors = {folder: _read_errors(store, kept_folder, index)}
+        if cur is not None and cur["producer"].get("kind") == "tokenizer":
+            back = version_folder(folder, cur["producer"]["card_hash"])
+            outputs[back] = store.read_shard(folder, index)
+            records[back] = {k: cur[k] for k in ("producer", "inputs", "invalid") if k in cur}
+            errors[back] = _read_errors(store, folder, index)
+        store.commit_unit(index, outputs, records, errors)
+        swapped += 1
+    from prism4m.pipeline.manifest import update_manifest
+
+    update_manifest(store)
+    return swapped

@@ -1,0 +1,59 @@
+"""One shard of a modality with what cropping needs: crop rows and the rgb image size.
+
+The rgb, crop_settings and label shards of one index are zipped by position and must have
+the same keys (DATASET.md invariant 1); a divergence is an error, never silently skipped.
+Invalid label records (zero bytes) come back as ``value=None``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from prism4m.pipeline.store import DatasetStore
+from prism4m.tokenizers.specs import ModalitySpec, decode_value
+
+
+@dataclass
+class SampleInput:
+    key: str
+    value: np.ndarray | None     # decoded label, None for an invalid record
+    rows: np.ndarray             # (n_crops, 5) int64
+    image_hw: tuple[int, int]    # rgb/ size the rows refer to
+    error: str | None = None     # why value is None
+
+
+def _image_hw(data: bytes) -> tuple[int, int]:
+    w, h = Image.open(io.BytesIO(data)).size  # header only; no pixel decode
+    return h, w
+
+
+def iter_shard_inputs(store: DatasetStore, spec: ModalitySpec, index: int,
+                      cache: dict[str, list] | None = None) -> Iterator[SampleInput]:
+    """Samples of shard ``index``; ``cache`` (folder → members) shares reads across tokenizers."""
+    cache = {} if cache is None else cache
+    for folder in ("rgb", "crop_settings", spec.folder):
+        if folder not in cache:
+            cache[folder] = store.read_shard(folder, index)
+    rgb, crops, labels = cache["rgb"], cache["crop_settings"], cache[spec.folder]
+    if not (len(rgb) == len(crops) == len(labels)):
+        raise ValueError(f"shard {index}: rgb/crop_settings/{spec.folder} have {len(rgb)}/{len(crops)}/"
+                         f"{len(labels)} members (misaligned dataset)")
+    for r, c, m in zip(rgb, crops, labels):
+        if not (r.key == c.key == m.key):
+            raise ValueError(f"shard {index}: key divergence rgb={r.key} crop_settings={c.key} {spec.folder}={m.key}")
+        rows = np.load(io.BytesIO(c.data), allow_pickle=False).reshape(-1, 5).astype(np.int64)
+        if m.is_invalid or r.is_invalid:
+            yield SampleInput(m.key, None, rows, (0, 0), "invalid_label")
+            continue
+        try:
+            value = decode_value(spec, m.data)
+            hw = value.shape[:2] if spec.kind in ("image", "classes") else _image_hw(r.data)
+        except Exception as exc:  # noqa: BLE001 - one bad member must not sink the shard
+            yield SampleInput(m.key, None, rows, (0, 0), f"decode_error: {exc}")
+            continue
+        yield SampleInput(m.key, value, rows, (int(hw[0]), int(hw[1])))

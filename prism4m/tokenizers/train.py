@@ -1,0 +1,326 @@
+"""Train a tokenizer on a dataset root: ``train_tokenizer(root, modality, out_dir, config)``.
+
+- Data: every crop row of every valid sample of the committed shards of the modality's
+  folder (crops.py, the same code tokenize uses), up to ``max_train_crops`` held in memory.
+  The last committed shard is held out for the card's metrics; a root with one shard holds
+  out its last ``held_out_fraction`` of samples instead.
+- Bounds: ``steps`` and/or ``max_seconds`` (whichever comes first).
+- Checkpoints: ``OUT/_checkpoint/`` (weights, optimizer, step) every ``checkpoint_every_s``
+  seconds and at the end. A re-run with the same config resumes from it; batches are drawn
+  from an RNG keyed on (seed, step), so a resumed run sees the batches it would have seen.
+  A finished directory whose card has the same config hash is returned as is.
+- Card: held-out reconstruction metrics (metrics.py) and codebook usage (perplexity, share
+  of codes used), the training data (root, shards, crops) and the config hash.
+
+Text (``modality="text"``): a WordPiece tokenizer in ml-4m's layout (text.py) learned on the
+captions and the serialised det/metadata/color_palette/human_poses members.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import time
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from prism4m.pipeline.progress import Progress
+from prism4m.pipeline.store import DatasetStore, now_iso
+from prism4m.tokenizers.base import SIZES, NeuralTokenizer
+from prism4m.tokenizers.card import TokenizerCard, config_hash, read_card
+from prism4m.tokenizers.crops import crop_all
+from prism4m.tokenizers.metrics import reconstruction_metrics
+from prism4m.tokenizers.mlp import MLPTokenizer, mlp_architecture
+from prism4m.tokenizers.quantizer import codebook_usage
+from prism4m.tokenizers.samples import iter_shard_inputs
+from prism4m.tokenizers.specs import ModalitySpec, get_spec, normalise
+from prism4m.tokenizers.vq import VQTokenizer, vq_architecture
+
+CHECKPOINT_DIR = "_checkpoint"
+TEXT_FOLDERS = ("caption", "det", "metadata", "color_palette", "human_poses")
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: str = Field("tiny", description="architecture preset: tiny | small | base")
+    input_size: int = Field(224, ge=8, description="crop side fed to the encoder (rgb pixels)")
+    codebook_size: int | None = Field(None, ge=2, description="vocabulary (default: ml-4m's for the modality)")
+    n_tokens: int = Field(16, ge=1, description="tokens per vector (MLP tokenizers)")
+    steps: int = Field(1000, ge=0)
+    max_seconds: float | None = Field(None, gt=0, description="stop after this much training time")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    commitment_weight: float = Field(0.25, ge=0)
+    max_train_crops: int = Field(4096, ge=1, description="crops held in memory for training")
+    max_eval_crops: int = Field(256, ge=1)
+    held_out_fraction: float = Field(0.1, gt=0, lt=1, description="single-shard roots only")
+    checkpoint_every_s: float = Field(60.0, gt=0)
+    seed: int = 0
+    vocab_size: int = Field(30000, description="WordPiece vocabulary (text)")
+    min_frequency: int = Field(2, ge=1, description="WordPiece pair frequency floor (text)")
+
+
+# ---------------------------------------------------------------------------------- data
+def _split_shards(store: DatasetStore, folder: str) -> tuple[list[int], list[int]]:
+    committed = sorted(set(store.ledger(folder)) & set(store.ledger("crop_settings")) & set(store.ledger("rgb")))
+    if not committed:
+        raise ValueError(f"{store.url}: no shard of {folder!r} is committed (with rgb and crop_settings)")
+    if len(committed) == 1:
+        return committed, committed
+    return committed[:-1], committed[-1:]
+
+
+def collect_crops(store: DatasetStore, spec: ModalitySpec, shards: list[int], input_size: int,
+                  limit: int, part: slice = slice(None)) -> tuple[np.ndarray, int]:
+    """Un-normalised crops of every row of every valid sample (``part`` of each shard's samples)."""
+    out: list[np.ndarray] = []
+    n = 0
+    samples = 0
+    for index in shards:
+        items = [s for s in iter_shard_inputs(store, spec, index)][part]
+        for s in items:
+            if s.value is None:
+                continue
+            crops = crop_all(spec, s.value, s.rows, input_size, s.image_hw)
+            out.append(crops[: limit - n])
+            n += len(out[-1])
+            samples += 1
+            if n >= limit:
+                return np.concatenate(out), samples
+    if not out:
+        raise ValueError(f"{store.url}: no valid sample of {spec.folder!r} in shards {shards}")
+    return np.concatenate(out), samples
+
+
+def _holdout_slices(store, spec, train, held, frac):
+    if train != held:
+        return slice(None), slice(None)
+    n = store.ledger(spec.folder)[train[0]]["n_samples"]
+    cut = max(1, min(n - 1, int(round(n * (1 - frac)))))
+    return slice(0, cut), slice(cut, None)
+
+
+# ---------------------------------------------------------------------------------- model
+def _loss(spec: ModalitySpec, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if spec.loss == "ce":
+        return F.cross_entropy(recon, x.long())
+    if spec.loss == "smooth_l1":
+        return F.smooth_l1_loss(recon, x)
+    if spec.loss == "cosine":
+        return (1 - F.cosine_similarity(recon, x, dim=-1)).mean() + 0.1 * F.mse_loss(recon, x)
+    return F.mse_loss(recon, x)
+
+
+def _build(spec: ModalitySpec, cfg: TrainConfig, channels: int) -> NeuralTokenizer:
+    size = SIZES[cfg.size]
+    vocab = cfg.codebook_size or spec.default_vocab
+    if spec.kind == "global":
+        arch = mlp_architecture(size, channels, cfg.n_tokens, vocab)
+        card = TokenizerCard(type="mlp", modality=spec.name, token_folder=spec.token_folder(cfg.input_size),
+                             vocab_size=vocab, n_tokens=cfg.n_tokens, token_grid=[1, cfg.n_tokens],
+                             input_size=cfg.input_size, architecture=arch)
+        return MLPTokenizer.create(card)
+    arch = vq_architecture(spec, cfg.input_size, size, vocab, channels)
+    g = arch["grid"]
+    card = TokenizerCard(type="vq", modality=spec.name, token_folder=spec.token_folder(cfg.input_size),
+                         vocab_size=vocab, n_tokens=g * g, token_grid=[g, g], input_size=cfg.input_size,
+                         patch_size=spec.patch_size, architecture=arch)
+    return VQTokenizer.create(card)
+
+
+def _normalisation(spec: ModalitySpec) -> dict[str, Any]:
+    return {
+        "unit": {"kind": "unit", "formula": "x / 127.5 - 1"},
+        "depth_truncated": {"kind": "depth_truncated", "percentiles": [10, 90], "per": "crop"},
+        "standardize": {"kind": "standardize", "per": "channel", "stats": "in weights (in_mean, in_std)"},
+        "none": {"kind": "class_ids", "shift_idx_by_one": True, "num_classes": spec.num_classes},
+    }[spec.normalise] | {"resample": spec.resample, "flip": spec.flip}
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def _ckpt_path(out_dir: str, name: str) -> str:
+    return posixpath.join(str(out_dir).rstrip("/"), CHECKPOINT_DIR, name)
+
+
+def _save_checkpoint(out_dir: str, tok: NeuralTokenizer, opt, step: int, elapsed: float, chash: str) -> None:
+    fs, _ = fsspec.core.url_to_fs(str(out_dir))
+    fs.makedirs(_ckpt_path(out_dir, ""), exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    fs.pipe_file(_ckpt_path(out_dir, "model.safetensors"), tok.weights_bytes())
+    fs.pipe_file(_ckpt_path(out_dir, "optimizer.pt"), buf.getvalue())
+    # state last: a checkpoint is complete only once its state names the step
+    fs.pipe_file(_ckpt_path(out_dir, "state.json"),
+                 json.dumps({"step": step, "elapsed": elapsed, "config_hash": chash}).encode())
+
+
+def _load_checkpoint(out_dir: str, tok: NeuralTokenizer, opt, chash: str) -> tuple[int, float]:
+    from safetensors.torch import load as st_load
+
+    fs, _ = fsspec.core.url_to_fs(str(out_dir))
+    if not fs.exists(_ckpt_path(out_dir, "state.json")):
+        return 0, 0.0
+    state = json.loads(fs.cat_file(_ckpt_path(out_dir, "state.json")))
+    if state.get("config_hash") != chash:
+        return 0, 0.0  # a different run: start over rather than mix configs
+    tok.model.load_state_dict(st_load(fs.cat_file(_ckpt_path(out_dir, "model.safetensors"))))
+    opt.load_state_dict(torch.load(io.BytesIO(fs.cat_file(_ckpt_path(out_dir, "optimizer.pt"))), weights_only=True))
+    return int(state["step"]), float(state["elapsed"])
+
+
+def _finished_card(out_dir: str, chash: str) -> TokenizerCard | None:
+    try:
+        card = read_card(out_dir)
+    except (FileNotFoundError, OSError):
+        return None
+    return card if card.training.get("config_hash") == chash else None
+
+
+# ---------------------------------------------------------------------------------- entry point
+def train_tokenizer(root: str, modality: str, out_dir: str, config: TrainConfig | dict | None = None,
+                    *, progress: bool = True) -> TokenizerCard:
+    """Train a tokenizer for ``modality`` (a name in specs.SPECS, or "text") on ``root``.
+
+    Writes ``out_dir/card.json`` + weights and returns the card. Resumes from
+    ``out_dir/_checkpoint`` when the config is unchanged; returns at once if finished.
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config or {})
+    store = DatasetStore(root)
+    if modality == "text":
+        return _train_text(store, out_dir, cfg)
+    spec = get_spec(modality)
+    train_shards, held_shards = _split_shards(store, spec.folder)
+    chash = config_hash({"modality": modality, "root": store.url, "train": train_shards,
+                         **cfg.model_dump(exclude={"checkpoint_every_s"})})
+    done = _finished_card(out_dir, chash)
+    if done is not None:
+        return done
+
+    train_part, held_part = _holdout_slices(store, spec, train_shards, held_shards, cfg.held_out_fraction)
+    x_train, n_train_samples = collect_crops(store, spec, train_shards, cfg.input_size, cfg.max_train_crops, train_part)
+    x_held, n_held_samples = collect_crops(store, spec, held_shards, cfg.input_size, cfg.max_eval_crops, held_part)
+    channels = x_train.shape[1] if spec.kind != "classes" else 1
+    torch.manual_seed(cfg.seed)
+    tok = _build(spec, cfg, channels)
+    if spec.normalise == "standardize":
+        axes = (0, 2, 3) if x_train.ndim == 4 else (0,)
+        tok.model.in_mean.copy_(torch.from_numpy(x_train.mean(axis=axes).astype(np.float32)))
+        tok.model.in_std.copy_(torch.from_numpy(x_train.std(axis=axes).astype(np.float32) + 1e-6))
+    xs_train = normalise(spec, x_train, tok.input_stats)
+    xs_held = normalise(spec, x_held, tok.input_stats)
+
+    opt = torch.optim.AdamW(tok.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    step, elapsed = _load_checkpoint(out_dir, tok, opt, chash)
+    bar = Progress(f"tokenizer train {modality}", cfg.steps, enabled=progress)
+    bar.update(units=step, samples=step * cfg.batch_size)
+    tok.model.train()
+    t_start = time.perf_counter() - elapsed
+    last_ckpt = time.perf_counter()
+    last_loss = float("nan")
+    while step < cfg.steps and (cfg.max_seconds is None or time.perf_counter() - t_start < cfg.max_seconds):
+        rng = np.random.default_rng([cfg.seed, step])
+        batch = torch.from_numpy(xs_train[rng.integers(0, len(xs_train), cfg.batch_size)])
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        recon, _, commit = tok.model(batch)
+        loss = _loss(spec, recon, batch) + cfg.commitment_weight * commit
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tok.model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        last_loss = loss.item()
+        bar.update(units=1, samples=cfg.batch_size)
+        if time.perf_counter() - last_ckpt >= cfg.checkpoint_every_s:
+            _save_checkpoint(out_dir, tok, opt, step, time.perf_counter() - t_start, chash)
+            last_ckpt = time.perf_counter()
+    seconds = time.perf_counter() - t_start
+    _save_checkpoint(out_dir, tok, opt, step, seconds, chash)
+    bar.close()
+
+    tok.model.eval()
+    ids = np.concatenate([tok.encode(xs_held[i:i + 64]) for i in range(0, len(xs_held), 64)])
+    recon = np.concatenate([tok.decode(ids[i:i + 64]) for i in range(0, len(ids), 64)])
+    card = tok.card
+    card.normalisation = _normalisation(spec)
+    card.metrics = {"held_out": reconstruction_metrics(spec, xs_held, recon),
+                    "held_out_crops": int(len(xs_held)), "final_train_loss": last_loss}
+    card.codebook = codebook_usage(ids, card.vocab_size)
+    card.training = {
+        "root": store.url, "folder": spec.folder, "train_shards": train_shards, "held_out_shards": held_shards,
+        "held_out_part": None if train_shards != held_shards else f"last {cfg.held_out_fraction:.0%} of samples",
+        "train_samples": n_train_samples, "train_crops": int(len(xs_train)), "held_out_samples": n_held_samples,
+        "steps": step, "seconds": round(seconds, 2), "config": cfg.model_dump(mode="json"), "config_hash": chash,
+    }
+    card.random_weights = step == 0
+    card.created_at = now_iso()
+    tok.save(out_dir)
+    return card
+
+
+def collect_texts(store: DatasetStore, shards: list[int] | None = None) -> list[str]:
+    """Captions and serialised sequence members of the committed shards (deterministic order)."""
+    from prism4m.tokenizers.serializers import SERIALIZERS
+
+    texts = []
+    for folder in TEXT_FOLDERS:
+        ledger = store.ledger(folder)
+        for index in sorted(ledger) if shards is None else [i for i in shards if i in ledger]:
+            hw = {}
+            if folder in ("det", "human_poses"):
+                from prism4m.tokenizers.samples import _image_hw
+
+                hw = {m.key: _image_hw(m.data) for m in store.iter_shard("rgb", index) if not m.is_invalid}
+            rng = np.random.default_rng(index)
+            for m in store.iter_shard(folder, index):
+                if m.is_invalid:
+                    continue
+                value = json.loads(m.data) if m.ext.endswith("json") else m.data.decode("utf-8")
+                try:
+                    text = SERIALIZERS[folder](value, image_hw=hw.get(m.key), rng=rng)
+                except (KeyError, ValueError, TypeError):
+                    continue
+                if text:
+                    texts.append(text)
+    return texts
+
+
+def _train_text(store: DatasetStore, out_dir: str, cfg: TrainConfig) -> TokenizerCard:
+    from prism4m.tokenizers.text import WordPieceTokenizer, train_wordpiece
+
+    ledger = store.ledger("caption") or store.ledger("det")
+    shards = sorted(ledger)
+    held = shards[-1:] if len(shards) > 1 else []
+    train = [s for s in shards if s not in held]
+    chash = config_hash({"modality": "text", "root": store.url, "train": train, "vocab_size": cfg.vocab_size,
+                         "min_frequency": cfg.min_frequency})
+    done = _finished_card(out_dir, chash)
+    if done is not None:
+        return done
+    texts = collect_texts(store, train)
+    if not texts:
+        raise ValueError(f"{store.url}: no caption or sequence member to train a text tokenizer on")
+    tok = WordPieceTokenizer(train_wordpiece(texts, cfg.vocab_size, min_frequency=cfg.min_frequency))
+    held_texts = collect_texts(store, held) if held else texts[-max(1, len(texts) // 10):]
+    enc = tok.encode_batch(held_texts)
+    n_tok = sum(len(e) for e in enc)
+    words = sum(len(t.split()) for t in held_texts)
+    card = TokenizerCard(type="wordpiece", modality="text", vocab_size=tok.vocab_size,
+                         normalisation={"normalizer": "BertNormalizer(lowercase=True)", "pre_tokenizer": "Bert"},
+                         architecture={"model": "WordPiece", "layout": "ml-4m", "num_sentinels": 200})
+    card.metrics = {"held_out": {"unk_rate": sum(e.count(1) for e in enc) / max(1, n_tok),
+                                 "tokens_per_word": n_tok / max(1, words), "texts": len(held_texts)}}
+    card.training = {"root": store.url, "train_shards": train, "held_out_shards": held, "texts": len(texts),
+                     "config": cfg.model_dump(mode="json"), "config_hash": chash}
+    card.created_at = now_iso()
+    tok.save(out_dir, card)
+    return card
