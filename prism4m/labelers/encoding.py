@@ -12,9 +12,9 @@ from PIL import Image
 def encode_png(array: np.ndarray) -> bytes:
     """uint8 H×W (L), H×W×3 (RGB) or uint16 H×W (I;16) → PNG bytes, losslessly."""
     if array.dtype == np.uint16:
-        img = Image.fromarray(array, mode="I;16") if array.ndim == 2 else None
-        if img is None:
+        if array.ndim != 2:
             raise ValueError("16-bit PNG must be single-channel")
+        img = Image.fromarray(array)  # mode I;16
     elif array.dtype == np.uint8:
         img = Image.fromarray(array)
     else:

@@ -107,16 +107,22 @@ class _HashingWriter(io.RawIOBase):
 
 
 def build_tar(members: Iterable[Member]) -> bytes:
-    """Deterministic ustar bytes of ``members`` in the given order (webdataset's writer,
-    with fixed mtime, owner and mode so two runs give identical bytes)."""
-    from webdataset import TarWriter
+    """Deterministic ustar bytes of ``members`` in the given order.
 
+    Same member layout as webdataset's TarWriter (KEY.ext, regular files) but written with
+    the standard library: importing webdataset pulls in torch (~2-10 s per Ray worker), and
+    we need fixed mtime/owner/mode for byte-identical reruns anyway.
+    """
     buf = io.BytesIO()
-    writer = TarWriter(buf, user="", group="", mode=0o644, mtime=0, encoder=False,
-                       format=tarfile.USTAR_FORMAT)
-    for m in members:
-        writer.write({"__key__": m.key, m.ext: m.data})
-    writer.close()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for m in members:
+            info = tarfile.TarInfo(f"{m.key}.{m.ext}")
+            info.size = len(m.data)
+            info.mtime = 0
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(m.data))
     return buf.getvalue()
 
 
