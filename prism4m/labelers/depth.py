@@ -92,11 +92,11 @@ class DepthLabeler(HFLabeler):
         import torch.nn.functional as F
 
         out: list[np.ndarray | None] = [None] * len(batch)
-        for idx, pixels in self.pixel_batches([s.image for s in batch]):
-            pred = self.model(pixel_values=pixels).predicted_depth  # B×h×w
+        for idx, inputs in self.processed_groups([s.image for s in batch]):
+            pred = self.model(pixel_values=inputs["pixel_values"]).predicted_depth  # B×h×w
             for j, i in enumerate(idx):
                 h, w = batch[i].image.shape[:2]
-                up = F.interpolate(pred[j][None, None].float(), size=(h, w), mode="bicubic", align_corners=False)
+                up = F.interpolate(pred[j][None, None].detach().float(), size=(h, w), mode="bicubic", align_corners=False)
                 out[i] = up[0, 0].cpu().numpy()
         return out
 

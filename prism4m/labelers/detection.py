@@ -33,12 +33,16 @@ class DetectionLabeler(HFLabeler):
     default_resources = Resources(num_cpus=1, num_gpus=0.2, batch_size=16)
 
     def predict(self, batch: list[LabelInput]) -> list[bytes]:
-        inputs = self.processor(images=[s.image for s in batch], return_tensors="pt")
-        out = self.model(**self.to_device(inputs))
-        # no target_sizes: boxes stay relative to each (unpadded) image, i.e. already 0..1
-        results = self.processor.post_process_object_detection(out, threshold=self.config.threshold)
         id2label = self.model.config.id2label
-        return [encode_json({"instances": self.instances(r, id2label)}) for r in results]
+        members: list[bytes | None] = [None] * len(batch)
+        # equally shaped images only per forward: DETR's CNN sees a padded image's padding
+        for idx, inputs in self.processed_groups([s.image for s in batch]):
+            out = self.model(**inputs)
+            # no target_sizes: boxes stay relative to each (unpadded) image, i.e. already 0..1
+            results = self.processor.post_process_object_detection(out, threshold=self.config.threshold)
+            for i, r in zip(idx, results):
+                members[i] = encode_json({"instances": self.instances(r, id2label)})
+        return members
 
     def instances(self, result: dict, id2label: dict) -> list[dict]:
         found = []

@@ -24,9 +24,10 @@ Subclass `HFLabeler` and set the class attributes::
 - `predict` runs inside `torch.inference_mode()` after `setup()`; `label_batch` calls it.
 - `self.model` (on `self.device`, eval mode, dtype from config), `self.processor` (or None),
   `self.checkpoint` (`weights.ResolvedCheckpoint`) are set by `setup()`.
-- `self.pixel_batches(images)` preprocesses images one by one and yields `(indices, pixel_values)`
+- `self.processed_groups(images)` preprocesses images one by one and yields `(indices, inputs)`
   with images of equal processed shape stacked — for processors that keep the aspect ratio
-  (DPT / Depth Anything), whose outputs cannot be stacked across a mixed batch.
+  (DPT / Depth Anything: outputs cannot be stacked across a mixed batch) or pad a batch to its
+  largest image (Mask2Former, DETR: padding changes the prediction next to the image).
 - `self.to_device(inputs)` moves a processor's output (BatchFeature / dict of tensors) to the
   model's device, casting floating tensors to the model's dtype (fp16/bf16 on GPU).
 - `load_model_kwargs()` / `load_processor_kwargs()` may be overridden to pass extra
@@ -121,6 +122,8 @@ def load_hf_model(
         raise MissingWeightsError(str(exc).replace(f"{labeler}.checkpoint", f"{labeler}.{config_key}")) from None
     path = checkpoint_dir(resolved.path)
     mcls = _transformers_attr(model_class) if isinstance(model_class, str) else model_class
+    if not (path / "config.json").exists():  # e.g. an empty or wrong directory: no weights to load
+        raise missing_weights(labeler, example, f"{str(path)!r} has no config.json (not a save_pretrained directory)")
     try:
         model = mcls.from_pretrained(str(path), local_files_only=True, dtype=getattr(torch, dtype),
                                      **(model_kwargs or {}))
@@ -182,17 +185,21 @@ class HFLabeler(Labeler):
             out[k] = v
         return out
 
-    def pixel_batches(self, images, **processor_kwargs):
-        """Yield (indices, pixel_values on device) for groups of equally shaped processed images."""
+    def processed_groups(self, images, **processor_kwargs):
+        """Yield (indices, model inputs on device) for groups of images whose processed tensors
+        have the same shape. Each image is processed alone, so no image is padded to another's
+        size (padding changes what convolutions and attention see next to the image)."""
+        import numpy as np
         import torch
 
         groups: dict[tuple, list] = {}
         for i, img in enumerate(images):
-            pv = self.processor(images=img, return_tensors="pt", **processor_kwargs)["pixel_values"][0]
-            groups.setdefault(tuple(pv.shape), []).append((i, pv))
+            one = self.processor(images=np.ascontiguousarray(img), return_tensors="pt", **processor_kwargs)
+            groups.setdefault(tuple(one["pixel_values"].shape), []).append((i, one))
         for members in groups.values():
             idx = [i for i, _ in members]
-            yield idx, self.to_device({"pixel_values": torch.stack([pv for _, pv in members])})["pixel_values"]
+            stacked = {k: torch.cat([one[k] for _, one in members]) for k in members[0][1].keys()}
+            yield idx, self.to_device(stacked)
 
     def label_batch(self, batch: list[LabelInput]) -> list[bytes]:
         import torch

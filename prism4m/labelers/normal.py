@@ -159,8 +159,8 @@ class NormalLabeler(HFLabeler):
         import torch.nn.functional as F
 
         out: list[bytes | None] = [None] * len(batch)
-        for idx, pixels in self.pixel_batches([s.image for s in batch]):
-            pred = self.model(pixel_values=pixels).predicted_depth  # B×3×h×w
+        for idx, inputs in self.processed_groups([s.image for s in batch]):
+            pred = self.model(pixel_values=inputs["pixel_values"]).predicted_depth  # B×3×h×w
             if pred.ndim != 4 or pred.shape[1] != 3:
                 raise ValueError(f"normal network must output B×3×H×W, got {tuple(pred.shape)}")
             for j, i in enumerate(idx):

@@ -7,8 +7,10 @@ segment covering it, or 255 where no segment survived the thresholds.
 Output: 8-bit single-channel PNG at the rgb/ resolution. ml-4m's SemsegTransform adds 1 in
 uint8, so 255 becomes its "no class" 0 and class k becomes k+1 (134 labels).
 
-Batches are padded by the processor; before post-processing, each image's mask logits are
-cropped to its unpadded region so class maps stay aligned with the rgb pixels.
+Images are processed one by one and only equally shaped ones share a forward pass (padding one
+image to another's size would change its prediction); the processor's size_divisor padding is
+cropped from the mask logits before post-processing, so class maps stay aligned with the rgb
+pixels.
 """
 
 from __future__ import annotations
@@ -47,20 +49,20 @@ class SemsegCocoLabeler(HFLabeler):
                              f"the checkpoint has {self.model.config.num_labels} labels")
 
     def predict(self, batch: list[LabelInput]) -> list[bytes]:
-        inputs = self.to_device(self.processor(images=[s.image for s in batch], return_tensors="pt"))
-        out = self.model(**inputs)
-        mask_logits = out.masks_queries_logits  # B×Q×h×w at a fraction of the padded input
-        pad_h, pad_w = inputs["pixel_values"].shape[-2:]
-        members = []
-        for i, s in enumerate(batch):
-            valid = inputs["pixel_mask"][i]
-            # unpadded size of image i, in mask-logit pixels
-            rows = int(valid.any(dim=1).sum()) * mask_logits.shape[-2] / pad_h
-            cols = int(valid.any(dim=0).sum()) * mask_logits.shape[-1] / pad_w
-            one = SimpleNamespace(
-                class_queries_logits=out.class_queries_logits[i:i + 1].float(),
-                masks_queries_logits=mask_logits[i:i + 1, :, :max(1, round(rows)), :max(1, round(cols))].float())
-            members.append(encode_png(self.class_map(one, s.image.shape[:2])))
+        members: list[bytes | None] = [None] * len(batch)
+        for idx, inputs in self.processed_groups([s.image for s in batch]):
+            out = self.model(**inputs)
+            mask_logits = out.masks_queries_logits  # B×Q×h×w at a fraction of the padded input
+            pad_h, pad_w = inputs["pixel_values"].shape[-2:]
+            for j, i in enumerate(idx):
+                valid = inputs["pixel_mask"][j]
+                # unpadded size of the image (size_divisor padding), in mask-logit pixels
+                rows = int(valid.any(dim=1).sum()) * mask_logits.shape[-2] / pad_h
+                cols = int(valid.any(dim=0).sum()) * mask_logits.shape[-1] / pad_w
+                one = SimpleNamespace(
+                    class_queries_logits=out.class_queries_logits[j:j + 1].float(),
+                    masks_queries_logits=mask_logits[j:j + 1, :, :max(1, round(rows)), :max(1, round(cols))].float())
+                members[i] = encode_png(self.class_map(one, batch[i].image.shape[:2]))
         return members
 
     def class_map(self, outputs, size: tuple[int, int]) -> np.ndarray:
