@@ -1,0 +1,143 @@
+"""`prism4m estimate`: hours and GPU-hours to label N images on G GPUs, from measured throughput.
+
+Throughput comes from the ledger of a root that was already labelled (a pilot run: samples /
+wall_s per record, i.e. per actor) or, without a root, from the benchmark figures
+`label_<name>_img_per_s` in benchmarks/results/latest.json. The model is deliberately simple
+and every assumption is printed with the numbers:
+
+- one actor processes `img_per_s` images per second, as measured, times `speedup` (1 unless
+  the user says the target device is faster than the one measured on);
+- a labeler asking for `num_gpus` g < 1 packs floor(1 / g) actors on a GPU; CPU-only labelers
+  (g = 0) get `cpus_per_gpu` × G cores, `num_cpus` per actor;
+- actors scale linearly (no contention for disks, network or the object store);
+- labelers run one after another and the whole cluster (G GPUs) is held throughout, so
+  GPU-hours = hours × G.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prism4m.report.throughput import ledger_throughput
+
+BENCH_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "latest.json"
+
+
+@dataclass
+class LabelerEstimate:
+    name: str
+    img_per_s: float            # per actor, as measured
+    source: str                 # where img_per_s comes from
+    device: str                 # where it was measured
+    num_gpus: float             # per actor (labeler's default resources)
+    num_cpus: float
+    actors: int
+    hours: float
+    gpu_hours: float
+
+
+@dataclass
+class Estimate:
+    images: int
+    gpus: int
+    rows: list[LabelerEstimate]
+    missing: list[str] = field(default_factory=list)   # labelers without a measurement
+    assumptions: list[str] = field(default_factory=list)
+
+    @property
+    def hours(self) -> float:
+        return sum(r.hours for r in self.rows)
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(r.gpu_hours for r in self.rows)
+
+
+def default_resources(name: str) -> tuple[float, float]:
+    """(num_gpus, num_cpus) per actor from the labeler class; (0, 1) when it cannot be loaded."""
+    try:
+        from prism4m.labelers.registry import get_labeler_class
+
+        res = get_labeler_class(name).default_resources
+        return float(res.num_gpus), float(res.num_cpus)
+    except Exception:  # unknown or not importable here: treat as a 1-CPU actor, and say so
+        return 0.0, 1.0
+
+
+def measured_rates(root: str | None, bench_file: Path | str | None = None,
+                   storage_options: dict | None = None) -> dict[str, tuple[float, str, str]]:
+    """labeler → (img_per_s per actor, source description, device)."""
+    out: dict[str, tuple[float, str, str]] = {}
+    if root is not None:
+        from prism4m.pipeline.store import DatasetStore
+
+        for folder, t in ledger_throughput(DatasetStore(root, storage_options)).items():
+            if t.kind == "labeler" and t.img_per_s > 0:
+                out[t.producer] = (t.img_per_s, f"ledger: {t.records} shards, {t.samples} samples, "
+                                                f"{t.wall_s:.1f} actor-s", t.device)
+        return out
+    path = Path(bench_file) if bench_file else BENCH_FILE
+    if path.exists():
+        bench = json.loads(path.read_text())
+        device = str(bench.get("device", "not recorded"))
+        for k, v in bench.items():
+            if k.startswith("label_") and k.endswith("_img_per_s") and isinstance(v, (int, float)) and v > 0:
+                out[k[len("label_"):-len("_img_per_s")]] = (float(v), f"benchmark {path.name}", device)
+    return out
+
+
+def estimate(images: int, gpus: int, labelers: list[str] | None = None, root: str | None = None, *,
+             cpus_per_gpu: int = 8, speedup: float = 1.0, bench_file: Path | str | None = None,
+             storage_options: dict | None = None) -> Estimate:
+    if images < 0 or gpus < 1:
+        raise ValueError("estimate needs --images >= 0 and --gpus >= 1")
+    rates = measured_rates(root, bench_file, storage_options)
+    names = list(labelers) if labelers else sorted(rates)
+    est = Estimate(images, gpus, [])
+    for name in names:
+        if name not in rates:
+            est.missing.append(name)
+            continue
+        rate, source, device = rates[name]
+        g, c = default_resources(name)
+        if g > 0:
+            actors = gpus * max(1, math.floor(1 / g + 1e-9))
+        else:
+            actors = max(1, math.floor(gpus * cpus_per_gpu / max(c, 1e-9)))
+        hours = images / (rate * speedup * actors) / 3600
+        est.rows.append(LabelerEstimate(name, rate, source, device, g, c, actors, hours, hours * gpus))
+    where = f"the ledger of {root}" if root else f"benchmark figures ({Path(bench_file or BENCH_FILE)})"
+    devices = sorted({r.device for r in est.rows}) or ["-"]
+    est.assumptions = [
+        f"throughput per actor measured from {where}, on device: {', '.join(devices)}"
+        + (" (no device in the records: the run that wrote them; on this project's machines, CPU)"
+           if "not recorded" in devices else ""),
+        f"measured rate × {speedup:g} applied unchanged on the target"
+        + (" — a CPU measurement overstates GPU time; run a pilot on one GPU node and pass --root"
+           if speedup == 1 else ""),
+        "actors per GPU = floor(1 / num_gpus) from each labeler's default_resources; "
+        f"CPU-only labelers get {cpus_per_gpu} cores per GPU, num_cpus each",
+        "linear scaling over actors (no I/O, network or object-store contention)",
+        f"labelers run one after another; the {gpus} GPUs are held throughout (GPU-hours = hours × GPUs)",
+    ]
+    return est
+
+
+def format_estimate(est: Estimate) -> str:
+    head = ["labeler", "img/s/actor", "device", "GPU/actor", "CPU/actor", "actors", "hours", "GPU-hours", "source"]
+    rows = [[r.name, f"{r.img_per_s:,.2f}", r.device, f"{r.num_gpus:g}", f"{r.num_cpus:g}", r.actors,
+             f"{r.hours:,.2f}", f"{r.gpu_hours:,.1f}", r.source] for r in est.rows]
+    rows.append(["TOTAL", "", "", "", "", "", f"{est.hours:,.2f}", f"{est.gpu_hours:,.1f}", ""])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    lines = [f"estimate: {est.images:,} images on {est.gpus} GPU(s)"]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in rows]
+    if est.missing:
+        lines.append("no throughput measured for: " + ", ".join(est.missing)
+                     + " (label a pilot root with them and pass --root, or run `make bench`)")
+    lines.append("assumptions:")
+    lines += [f"  - {a}" for a in est.assumptions]
+    return "\n".join(lines)
