@@ -41,8 +41,8 @@ def structured_sample(rng: np.random.Generator, n_crops: int, vocab_a: int, voca
     per_class = vocab_a // n_classes
     tok_a = cls * per_class + rng.integers(0, 4, size=(n_crops, n_tokens))
     tok_b = (tok_a * 7 + 3) % vocab_b
-    words = [OTHER_WORDS[int(i)] for i in rng.integers(len(OTHER_WORDS), size=2)]
-    caption = f"{words[0]} {CLASS_WORDS[cls % len(CLASS_WORDS)]} {words[1]}"
+    size = OTHER_WORDS[6 + int(rng.integers(2))]  # one unpredictable word: "small" / "big"
+    caption = f"a {size} photo of {CLASS_WORDS[cls % len(CLASS_WORDS)]}"
     return cls, tok_a.astype(np.int16), tok_b.astype(np.int16), caption
 
 

@@ -2,7 +2,7 @@
 
 4M used PyPalette, whose parameters are not published (4M_FORMAT.md §7). We cluster the
 pixels of a downsampled copy in RGB with deterministic k-means (farthest-point seeding from
-the most common colour, fixed iterations), for every k in 1..max_colors, and order each
+the most common colour, fixed iterations of OpenCV's k-means), for every k in 1..max_colors, and order each
 palette by cluster size (dominant colour first).
 Output JSON, as ml-4m's ColorPaletteTransform reads it (`sample[0][str(k)]`):
 `[{"1": [[r,g,b]], "2": [[r,g,b],[r,g,b]], …, "7": [...]}]`.
@@ -40,18 +40,15 @@ def _farthest_point_init(pixels: np.ndarray, k: int) -> np.ndarray:
 
 
 def kmeans_palette(pixels: np.ndarray, k: int, iterations: int) -> list[list[int]]:
-    centers = _farthest_point_init(pixels, k)
-    for _ in range(iterations):
-        d = ((pixels[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
-        assign = d.argmin(axis=1)
-        counts = np.bincount(assign, minlength=k)
-        sums = np.stack([np.bincount(assign, weights=pixels[:, c], minlength=k) for c in range(3)], axis=1)
-        nonempty = counts > 0
-        centers[nonempty] = sums[nonempty] / counts[nonempty, None]
-    d = ((pixels[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
-    counts = np.bincount(d.argmin(axis=1), minlength=k)
+    """k colours by Lloyd iterations (OpenCV's k-means, seeded with our deterministic init)."""
+    centers = _farthest_point_init(pixels, k).astype(np.float32)
+    px = pixels.astype(np.float32)
+    labels = ((px[:, None, :] - centers[None]) ** 2).sum(axis=2).argmin(axis=1).astype(np.int32)
+    criteria = (cv2.TERM_CRITERIA_MAX_ITER, iterations, 0)
+    _, labels, centers = cv2.kmeans(px, k, labels.reshape(-1, 1), criteria, 1, cv2.KMEANS_USE_INITIAL_LABELS)
+    counts = np.bincount(labels.ravel(), minlength=k)
     order = np.argsort(-counts, kind="stable")
-    return [[int(round(v)) for v in np.clip(centers[i], 0, 255)] for i in order]
+    return [[int(round(float(v))) for v in np.clip(centers[i], 0, 255)] for i in order]
 
 
 def color_palettes(image: np.ndarray, cfg: ColorPaletteConfig) -> dict[str, list[list[int]]]:

@@ -6,10 +6,20 @@ Ray gives each worker its declared resources and restarts a dead actor (`max_res
 retrying the call that was running (`max_task_retries`). What we add is small: keep every
 actor busy with a short queue, resubmit a unit whose attempt raised, and after the last
 attempt hand the unit to `on_failure` and go on with the others.
+
+Two details make worker death safe. A restarted actor is a new process in which Ray runs
+`__init__` only, so `ready()` runs again lazily before its first unit. And when an actor
+dies, every unit queued on it fails at once although one of them (at most) killed it: each
+such unit is retried *alone* on a fresh actor, and only a death while running alone counts
+against it — and then it is final, since Ray has already restarted the actor and retried
+the call `max_retries` times. A unit that kills its worker cannot take the others down with
+it, and costs 2 × (max_retries + 1) worker starts, not their product with our own retries.
+Each result records the node and process that produced it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -42,9 +52,37 @@ def _short_error(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, rex.RayTaskError):
         cause = exc.cause if getattr(exc, "cause", None) is not None else exc
         return type(cause).__name__, str(cause)[-2000:]
-    if isinstance(exc, (rex.RayActorError, rex.WorkerCrashedError)):
+    if isinstance(exc, (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.OutOfMemoryError)):
         return "worker_died", str(exc)[-2000:]
     return type(exc).__name__, "".join(traceback.format_exception_only(type(exc), exc))[-2000:]
+
+
+def _instrumented(worker_cls: type) -> type:
+    """`worker_cls` plus: ready() rerun in a restarted actor, node id and pid on each result.
+
+    Defined in a function so that cloudpickle ships it by value; the base class is still
+    imported by module path in the worker.
+    """
+    import ray
+
+    class Instrumented(worker_cls):  # type: ignore[misc, valid-type]
+        _prism4m_ready = False
+
+        def ready(self):
+            out = super().ready()
+            self._prism4m_ready = True
+            return out
+
+        def process(self, unit):
+            if not self._prism4m_ready:  # a restarted actor: Ray reran __init__ only
+                self.ready()
+            result = super().process(unit)
+            if isinstance(result, dict):
+                result = {**result, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+            return result
+
+    Instrumented.__name__ = worker_cls.__name__
+    return Instrumented
 
 
 def run_units(
@@ -67,7 +105,7 @@ def run_units(
     if not units:
         return report
     t0 = time.perf_counter()
-    remote_cls = ray.remote(worker_cls).options(
+    remote_cls = ray.remote(_instrumented(worker_cls)).options(
         num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or {},
         max_restarts=max_retries, max_task_retries=max_retries,
     )
@@ -83,42 +121,73 @@ def run_units(
 
         pending = list(enumerate(units))[::-1]  # stack: pop() yields units in order
         attempts: dict[int, int] = {}
-        inflight: dict[Any, tuple[int, Any, int]] = {}  # future -> (unit idx, unit, actor idx)
+        suspects: set[int] = set()  # units that were on an actor when it died: rerun alone
+        inflight: dict[Any, tuple[int, Any, int, Any]] = {}  # future -> (unit idx, unit, actor idx, handle)
         load = [0] * n_actors
+        solo = [False] * n_actors  # actor runs a suspect unit: nothing else is queued behind it
 
-        def submit(actor_idx: int) -> None:
-            idx, unit = pending.pop()
-            fut = actors[actor_idx].process.remote(unit)
-            inflight[fut] = (idx, unit, actor_idx)
-            load[actor_idx] += 1
+        def take(actor_idx: int) -> tuple[int, Any] | None:
+            if solo[actor_idx]:
+                return None
+            if load[actor_idx] == 0:
+                return pending.pop()
+            for j in range(len(pending) - 1, -1, -1):  # busy actor: next unit that is not a suspect
+                if pending[j][0] not in suspects:
+                    return pending.pop(j)
+            return None
 
         def fill() -> None:
             for a in range(n_actors):
                 while pending and load[a] < inflight_per_worker:
-                    submit(a)
+                    item = take(a)
+                    if item is None:
+                        break
+                    idx, unit = item
+                    fut = actors[a].process.remote(unit)
+                    inflight[fut] = (idx, unit, a, actors[a])
+                    load[a] += 1
+                    solo[a] = idx in suspects
+
+        def fail(idx: int, unit: Any, reason: str, msg: str) -> None:
+            report.failures.append({"unit": unit, "reason": reason, "message": msg})
+            if on_failure is not None:
+                on_failure(unit, reason, msg)
+            if progress:
+                progress.update(units=1, failed=1)
 
         fill()
         while inflight:
             ready, _ = ray.wait(list(inflight), num_returns=1)
             fut = ready[0]
-            idx, unit, actor_idx = inflight.pop(fut)
+            idx, unit, actor_idx, handle = inflight.pop(fut)
             load[actor_idx] -= 1
+            if load[actor_idx] == 0:
+                solo[actor_idx] = False
             try:
                 result = ray.get(fut)
             except Exception as exc:  # noqa: BLE001 - a unit's failure must not stop the others
                 reason, msg = _short_error(exc)
-                attempts[idx] = attempts.get(idx, 0) + 1
                 if reason == "worker_died":
-                    # Ray already restarted and retried; a permanently dead actor is replaced.
-                    actors[actor_idx] = remote_cls.remote(*worker_args)
+                    if actors[actor_idx] is handle:
+                        # Ray already restarted and retried; replace the actor once (killing it
+                        # first, so a half-alive one cannot keep holding its resources).
+                        try:
+                            ray.kill(handle, no_restart=True)
+                        except Exception:  # noqa: BLE001 - already gone
+                            pass
+                        actors[actor_idx] = remote_cls.remote(*worker_args)
+                    if idx not in suspects:
+                        suspects.add(idx)  # first death: maybe a neighbour's fault; rerun alone
+                        pending.append((idx, unit))
+                        fill()
+                        continue
+                    # It died alone, after Ray's own restarts and retries: its own fault, final.
+                    attempts[idx] = max_retries
+                attempts[idx] = attempts.get(idx, 0) + 1
                 if attempts[idx] <= max_retries:
                     pending.append((idx, unit))
                 else:
-                    report.failures.append({"unit": unit, "reason": reason, "message": msg})
-                    if on_failure is not None:
-                        on_failure(unit, reason, msg)
-                    if progress:
-                        progress.update(units=1, failed=1)
+                    fail(idx, unit, reason, msg)
             else:
                 report.units_done += 1
                 report.samples += int(result.get("samples", 0))

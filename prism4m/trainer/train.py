@@ -416,7 +416,7 @@ def _train(cfg: TrainConfig, ctx: _Dist) -> dict[str, Any]:
             step += 1
             samples += cfg.data.batch_size * ctx.world
             record = {"step": step, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]}
-            record.update({f"loss/{m}": float(v) for m, v in losses.items()})
+            record.update({f"loss/{m}": float(v.detach()) for m, v in losses.items()})
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
             history.append(record)
