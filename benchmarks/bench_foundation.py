@@ -1,0 +1,129 @@
+"""Foundation figures: ingest throughput, label overhead vs a bare loop, 2-worker speedup, no-op rerun.
+
+All ratios are measured in one run on this machine. Ray's start-up is excluded from the
+timed sections and reported as `ray_start_s`. Sizes shrink with PRISM4M_BENCH_SCALE (e.g.
+0.1 for a quick look); the committed figures use scale 1.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SCALE = float(os.environ.get("PRISM4M_BENCH_SCALE", "1"))
+N_IMAGES = max(40, int(2000 * SCALE))
+N_NOOP_SHARDS = max(20, int(1000 * SCALE))
+CHEAP = ["canny_edge", "color_palette", "metadata"]
+
+
+def generate_jpegs(d: Path, n: int, size=(1024, 768), seed: int = 0) -> None:
+    """Photo-like synthetic images: smooth colour fields plus edges and noise."""
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        coarse = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
+        img = np.asarray(Image.fromarray(coarse).resize(size, Image.BICUBIC)).copy()
+        y0, x0 = rng.integers(0, size[1] // 2), rng.integers(0, size[0] // 2)
+        img[y0:y0 + 200, x0:x0 + 300] = rng.integers(0, 255, 3)
+        img = np.clip(img.astype(np.int16) + rng.integers(-8, 8, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(d / f"img{i:05d}.jpg", quality=90)
+
+
+def bare_label_loop(root: str, out_dir: Path) -> float:
+    """The same work as `prism4m label` for the cheap labelers, in one process with no Ray,
+    no ledger and no atomic moves: read rgb shards, decode, label, encode, write tars."""
+    from prism4m.labelers.base import LabelInput
+    from prism4m.labelers.registry import make_labeler
+    from prism4m.pipeline.label import decode_rgb
+    from prism4m.pipeline.store import DatasetStore, Member, build_tar
+
+    store = DatasetStore(root)
+    labelers = [make_labeler(n) for n in CHEAP]
+    t0 = time.perf_counter()
+    for s in sorted(store.ledger("rgb")):
+        members = store.read_shard("rgb", s)
+        sources = {m.key: m.data for m in store.read_shard("source", s)}
+        samples = [LabelInput(m.key, decode_rgb(m), {"source": sources[m.key]}) for m in members]
+        for lab in labelers:
+            payloads = []
+            bs = lab.resources.batch_size
+            for i in range(0, len(samples), bs):
+                payloads += lab.label_batch(samples[i:i + bs])
+            data = build_tar([Member(x.key, lab.extension, p) for x, p in zip(samples, payloads)])
+            (out_dir / lab.name).mkdir(parents=True, exist_ok=True)
+            (out_dir / lab.name / f"shard-{s:06d}.tar").write_bytes(data)
+    return time.perf_counter() - t0
+
+
+def run(workdir: str) -> dict:
+    from prism4m.pipeline.ingest import ingest
+    from prism4m.pipeline.label import label
+    from prism4m.pipeline.ray_env import ensure_ray
+
+    wd = Path(workdir)
+    out: dict = {"bench_images": N_IMAGES}
+    generate_jpegs(wd / "corpus", N_IMAGES)
+    out["ray_start_s"] = round(ensure_ray(num_cpus=2), 2)
+
+    for w in (1, 2):
+        root = wd / f"ingest{w}w"
+        t0 = time.perf_counter()
+        s = ingest(str(wd / "corpus"), str(root), shard_size=100, workers=w, show_progress=False)
+        dt = time.perf_counter() - t0
+        assert s.ok and s.samples_planned == N_IMAGES, s.failures
+        out[f"ingest_img_per_s_{w}w"] = round(N_IMAGES / dt, 1)
+    t0 = time.perf_counter()
+    ingest(str(wd / "corpus"), str(wd / "ingest2w"), shard_size=100, show_progress=False)
+    out["ingest_noop_rerun_s"] = round(time.perf_counter() - t0, 3)
+
+    # label: 1 worker, 2 workers, and the bare loop over the same rgb shards
+    walls = {}
+    for w in (1, 2):
+        root = wd / f"label{w}w"
+        shutil.copytree(wd / "ingest1w", root)
+        t0 = time.perf_counter()
+        s = label(str(root), CHEAP, workers=w, show_progress=False)
+        walls[w] = time.perf_counter() - t0
+        assert s.ok, s.failures
+    bare = bare_label_loop(str(wd / "ingest1w"), wd / "bare")
+    out["label_wall_s_1w"] = round(walls[1], 2)
+    out["label_wall_s_2w"] = round(walls[2], 2)
+    out["label_bare_loop_s"] = round(bare, 2)
+    out["label_overhead_ratio"] = round(walls[1] / bare, 3)
+    out["label_speedup_2w"] = round(walls[1] / walls[2], 3)
+    # the label stage and the bare loop must have produced identical tars
+    for name in CHEAP:
+        for p in sorted((wd / "bare" / name).glob("*.tar")):
+            assert p.read_bytes() == (wd / "label1w" / name / p.name).read_bytes(), p
+
+    # a no-op rerun over N committed shards, through the CLI as a user runs it
+    small = wd / "small"
+    generate_jpegs(small, N_NOOP_SHARDS, size=(64, 48), seed=1)
+    noop_root = wd / "noop"
+    ingest(str(small), str(noop_root), shard_size=1, short_side=48, n_crops=1, show_progress=False)
+    label(str(noop_root), CHEAP, show_progress=False)
+    cmd = [sys.executable, "-m", "prism4m.cli", "label", str(noop_root), "-m", ",".join(CHEAP), "-q"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    out[f"noop_rerun_s_{N_NOOP_SHARDS}_shards"] = round(time.perf_counter() - t0, 3)
+    assert proc.returncode == 0 and "nothing to do" in proc.stdout, proc.stdout + proc.stderr
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import prism4m.cli"], check=True)
+    out["cli_import_s"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        print(json.dumps(run(d), indent=2))
