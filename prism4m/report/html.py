@@ -344,6 +344,10 @@ window.addEventListener('load', function () {
   for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
   document.body.setAttribute('data-images-total', imgs.length);
   document.body.setAttribute('data-images-loaded', ok);
+  var g = document.querySelector('#gallery img');
+  if (g) { var r = g.getBoundingClientRect();
+    document.body.setAttribute('data-first-gallery-img',
+      [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height].map(Math.round).join(',')); }
 });
 """
 

@@ -1,0 +1,81 @@
+"""`estimate`: hours and GPU-hours from ledger wall times (or benchmark figures), assumptions printed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from prism4m.pipeline.store import DatasetStore, Member
+from prism4m.report.estimate import estimate, format_estimate
+
+# (folder, shard) → (n_samples, wall_s); depth asks for 0.2 GPU per actor, canny_edge for none
+RECORDS = {("canny_edge", 0): (10, 2.0), ("canny_edge", 1): (30, 4.0),
+           ("depth", 0): (8, 16.0), ("depth", 1): (8, 4.0)}
+
+
+@pytest.fixture
+def ledger_root(tmp_path) -> str:
+    store = DatasetStore(str(tmp_path / "ds"))
+    for (folder, shard), (n, wall) in RECORDS.items():
+        members = [Member(f"k{shard}_{i}", "png", b"x") for i in range(n)]
+        rec = {"producer": {"kind": "labeler", "name": folder}, "inputs": {}, "wall_s": wall,
+               "device": "cpu", "random_weights": False}
+        store.commit_unit(shard, {folder: members}, {folder: rec})
+    return store.url
+
+
+def test_estimate_from_ledger_wall_times(ledger_root):
+    est = estimate(images=1_000_000, gpus=4, labelers=["canny_edge", "depth"], root=ledger_root)
+    rows = {r.name: r for r in est.rows}
+    canny_rate, depth_rate = 40 / 6.0, 16 / 20.0  # pooled: total samples / total wall_s
+    assert rows["canny_edge"].img_per_s == pytest.approx(canny_rate)
+    assert rows["depth"].img_per_s == pytest.approx(depth_rate)
+    # depth: 0.2 GPU per actor → 5 actors per GPU → 20 actors on 4 GPUs
+    assert rows["depth"].actors == 20
+    assert rows["depth"].hours == pytest.approx(1_000_000 / (depth_rate * 20) / 3600)
+    assert rows["depth"].gpu_hours == pytest.approx(rows["depth"].hours * 4)
+    # canny_edge is CPU-only: 8 cores per GPU by default, 1 CPU per actor → 32 actors
+    assert rows["canny_edge"].actors == 32
+    assert rows["canny_edge"].hours == pytest.approx(1_000_000 / (canny_rate * 32) / 3600)
+    assert est.hours == pytest.approx(rows["depth"].hours + rows["canny_edge"].hours)
+    assert rows["depth"].device == "cpu"
+    # doubling GPUs halves the hours and keeps GPU-hours
+    est8 = estimate(images=1_000_000, gpus=8, labelers=["depth"], root=ledger_root)
+    assert est8.hours == pytest.approx(rows["depth"].hours / 2)
+    assert est8.gpu_hours == pytest.approx(rows["depth"].gpu_hours)
+
+
+def test_estimate_reports_missing_labelers_and_assumptions(ledger_root):
+    est = estimate(images=1000, gpus=1, labelers=["depth", "sam_instance"], root=ledger_root)
+    assert est.missing == ["sam_instance"] and [r.name for r in est.rows] == ["depth"]
+    text = format_estimate(est)
+    assert "no throughput measured for: sam_instance" in text
+    assert "assumptions:" in text and "device: cpu" in text and "linear scaling" in text
+    assert "floor(1 / num_gpus)" in text
+    hours_cell = f"{est.rows[0].hours:,.2f}"
+    assert hours_cell in text
+
+
+def test_estimate_all_labelers_in_ledger_by_default(ledger_root):
+    assert sorted(r.name for r in estimate(100, 2, root=ledger_root).rows) == ["canny_edge", "depth"]
+
+
+def test_estimate_from_benchmark_file(tmp_path):
+    bench = tmp_path / "latest.json"
+    bench.write_text(json.dumps({"device": "cpu", "label_sam_instance_img_per_s": 2.0,
+                                 "label_canny_edge_img_per_s": 50.0, "ingest_img_per_s": 99.0}))
+    est = estimate(images=3600, gpus=2, labelers=None, root=None, bench_file=bench)
+    rows = {r.name: r for r in est.rows}
+    assert set(rows) == {"sam_instance", "canny_edge"}
+    # sam_instance: 0.5 GPU per actor → 2 per GPU → 4 actors at 2 img/s
+    assert rows["sam_instance"].actors == 4
+    assert rows["sam_instance"].hours == pytest.approx(3600 / (2.0 * 4) / 3600)
+    assert "benchmark" in rows["sam_instance"].source
+    assert math.isclose(est.gpu_hours, est.hours * 2)
+
+
+def test_estimate_rejects_nonsense():
+    with pytest.raises(ValueError):
+        estimate(images=10, gpus=0)
