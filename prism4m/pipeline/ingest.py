@@ -25,11 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from prism4m import __version__
 from prism4m.labelers.encoding import encode_json, encode_npy
 from prism4m.pipeline.crops import crop_settings
-from prism4m.pipeline.execute import RunReport, run_units
+from prism4m.pipeline.execute import run_units
 from prism4m.pipeline.images import BadImage, normalize_image
 from prism4m.pipeline.progress import Progress
 from prism4m.pipeline.sources import SourceFile, iter_items, list_source
-from prism4m.pipeline.store import DatasetStore, Member, canonical_json, producer_hash
+from prism4m.pipeline.summary import StageSummary
+from prism4m.pipeline.store import DatasetStore, Member, producer_hash
 
 PLAN_PATH = "_plan/ingest.parquet"
 SCAN_ERRORS = "_errors/ingest/scan.jsonl"
@@ -74,24 +75,13 @@ class PlannedItem:
 
 
 @dataclass
-class IngestSummary:
+class IngestSummary(StageSummary):
     files_listed: int = 0
     new_items: int = 0
     samples_planned: int = 0
     duplicates: int = 0
     scan_errors: dict[str, int] = field(default_factory=dict)
-    reports: list[RunReport] = field(default_factory=list)
     skipped_shards: int = 0
-    ray_start_s: float = 0.0
-    wall_s: float = 0.0
-
-    @property
-    def failures(self) -> list[dict]:
-        return [f for r in self.reports for f in r.failures]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
 
 
 _SLUG = re.compile(r"[^A-Za-z0-9_-]+")

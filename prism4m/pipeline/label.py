@@ -19,9 +19,10 @@ import numpy as np
 
 from prism4m.labelers.base import LabelInput, Labeler
 from prism4m.labelers.registry import make_labeler
-from prism4m.pipeline.execute import RunReport, run_units
+from prism4m.pipeline.execute import run_units
 from prism4m.pipeline.progress import Progress
-from prism4m.pipeline.store import DatasetStore, Member, canonical_json, producer_hash, sha256_hex
+from prism4m.pipeline.summary import StageSummary
+from prism4m.pipeline.store import DatasetStore, Member, producer_hash
 
 RGB = "rgb"
 
@@ -38,35 +39,10 @@ class LabelUnit:
 
 
 @dataclass
-class LabelSummary:
+class LabelSummary(StageSummary):
     planned: dict[str, int] = field(default_factory=dict)   # folder → units to run
     skipped: dict[str, int] = field(default_factory=dict)   # folder → committed, up to date
     stale_skipped: dict[str, int] = field(default_factory=dict)
-    reports: list[RunReport] = field(default_factory=list)
-    ray_start_s: float = 0.0
-    wall_s: float = 0.0
-
-    @property
-    def failures(self) -> list[dict]:
-        return [f for r in self.reports for f in r.failures]
-
-    @property
-    def samples(self) -> int:
-        return sum(r.samples for r in self.reports)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-
-def input_signature(store_records: dict[str, dict[int, dict]], folders: tuple[str, ...], shard: int) -> dict:
-    """What a unit read: the content hash of each input shard (a recommitted input → stale)."""
-    sig = {}
-    for f in folders:
-        rec = store_records.get(f, {}).get(shard)
-        if rec is not None:
-            sig[f] = next(iter(rec["files"].values()))["sha256"][:16]
-    return sig
 
 
 def order_levels(labelers: dict[str, Labeler], committed: set[str]) -> list[list[str]]:
