@@ -207,12 +207,15 @@ def shard_length(source: ShardSource) -> int:
 
 
 def load_text_tokenizer(tokenizer: Any):
-    """A HF ``tokenizers.Tokenizer`` from an object or a tokenizer.json path/URL."""
+    """A HF ``tokenizers.Tokenizer`` from an object, a tokenizer.json path/URL or its directory."""
     if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
     from tokenizers import Tokenizer
 
-    with fsspec.open(str(tokenizer), "r") as f:
+    path = str(tokenizer)
+    if not path.endswith(".json"):  # a tokenizer directory (card.json + tokenizer.json)
+        path = path.rstrip("/") + "/tokenizer.json"
+    with fsspec.open(path, "r") as f:
         return Tokenizer.from_str(f.read())
 
 

@@ -129,6 +129,7 @@ def read_manifest(root: str) -> dict[str, Any]:
 def _card_fields(card: Mapping[str, Any]) -> dict[str, Any]:
     """Pull vocabulary and grid out of a tokenizer card, tolerating a few spellings."""
     out: dict[str, Any] = {}
+    card = {k: v for k, v in card.items() if v is not None}
     for key in ("vocab_size", "codebook_size", "vocabulary_size"):
         if key in card:
             out["vocab_size"] = int(card[key])
@@ -157,6 +158,13 @@ def _manifest_fields(manifest: Mapping[str, Any], folder: str, root: str) -> dic
     if not isinstance(entry, Mapping):
         return {}
     out = _card_fields(entry)
+    # prism4m manifests summarise each folder's ledger producers; a tokenizer producer
+    # carries the card's type, vocab_size and n_tokens.
+    producers = entry.get("producers")
+    if isinstance(producers, Mapping):
+        for producer in producers.values():
+            if isinstance(producer, Mapping) and producer.get("kind") == "tokenizer":
+                out.update(_card_fields(producer))
     card = entry.get("tokenizer_card") or entry.get("card") or entry.get("tokenizer")
     if isinstance(card, Mapping):
         out.update(_card_fields(card))

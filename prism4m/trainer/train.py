@@ -444,10 +444,31 @@ def _train(cfg: TrainConfig, ctx: _Dist) -> dict[str, Any]:
     return summary
 
 
+def _relative_to(base: str, value: str | None) -> str | None:
+    if value is None or "://" in value or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(base, value))
+
+
 def load_config(path: str) -> TrainConfig:
+    """Read a YAML config (optionally under a ``train:`` key of a job spec).
+
+    Relative local paths (data.root, data.eval_root, data.text_tokenizer, out_dir,
+    resume_from) are taken relative to the YAML file, like the job specs in jobs/.
+    """
     with fsspec.open(path, "r") as f:
         raw = yaml.safe_load(f)
-    return TrainConfig.model_validate(raw.get("train", raw) if isinstance(raw, dict) else raw)
+    raw = dict(raw.get("train", raw))
+    if "://" not in path:
+        base = os.path.dirname(os.path.abspath(path))
+        data = dict(raw.get("data", {}))
+        for key in ("root", "eval_root", "text_tokenizer"):
+            data[key] = _relative_to(base, data.get(key))
+        raw["data"] = {k: v for k, v in data.items() if v is not None or k == "root"}
+        for key in ("out_dir", "resume_from"):
+            if raw.get(key):
+                raw[key] = _relative_to(base, raw[key])
+    return TrainConfig.model_validate(raw)
 
 
 def main(config_path: str) -> int:
