@@ -206,3 +206,31 @@ def test_caption_config_changes_producer(blip_dir):
     a, b = captioner(blip_dir), captioner(blip_dir, num_beams=4)
     assert a.producer() != b.producer()
     assert a.producer() == captioner(blip_dir, batch_size=3).producer()  # resources do not change labels
+
+
+# ------------------------------------------------------------------ through the label stage
+@pytest.mark.slow
+def test_label_stage_runs_metadata_after_poses_and_captions(fresh_photo_root, pose_dirs, blip_dir):
+    from prism4m.pipeline.label import label
+    from prism4m.pipeline.store import DatasetStore
+
+    cpu = {"num_gpus": 0, "num_cpus": 0.5}
+    configs = {"human_poses": {**pose_dirs, "detector_threshold": 0.0, "max_persons": 2, **cpu},
+               "caption": {"checkpoint": blip_dir, "max_new_tokens": 6, "num_beams": 1, **cpu}}
+    summary = label(fresh_photo_root, ["human_poses", "caption", "metadata"], configs, workers=1,
+                    show_progress=False)
+    assert summary.ok, summary.failures
+    store = DatasetStore(fresh_photo_root)
+    for shard in sorted(store.ledger("rgb")):
+        keys = [m.key for m in store.read_shard("rgb", shard)]
+        members = {f: store.read_shard(f, shard) for f in ("human_poses", "caption", "metadata")}
+        for folder, ms in members.items():
+            assert [m.key for m in ms] == keys
+            record = store.ledger(folder)[shard]
+            assert record["random_weights"] is (folder != "metadata")
+        for pose, cap, meta in zip(members["human_poses"], members["caption"], members["metadata"]):
+            fields = json.loads(meta.data)
+            assert fields["n_humans"] == len(json.loads(pose.data)["persons"]) == 2
+            text = cap.data.decode("utf-8")
+            assert fields["caption_n_words"] == len(text.split()) and fields["caption_n_chars"] == len(text)
+            assert "walkability" not in fields  # semseg_coco is not committed in this root
