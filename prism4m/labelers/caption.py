@@ -1,18 +1,21 @@
 """Captions (`caption`): a transformers image-to-text model, greedy or beam search.
 
-`checkpoint` is any AutoModelForImageTextToText whose AutoProcessor takes `images` (and
-optionally `text`) and whose `generate` returns token ids — BLIP
-(Salesforce/blip-image-captioning-base, large) is the tested family; BLIP-2 and GIT load the
-same way. Generation is deterministic (no sampling): `num_beams` 1 is greedy decoding,
-more is beam search; `min_new_tokens`..`max_new_tokens` bound the length (defaults: BLIP's
-own captioning setup, 3 beams and 5 to 20 tokens). With `prompt` set, captioning is
-conditioned on that text prefix ("a photography of"), and the prefix stays in the caption,
-as BLIP's conditional captioning returns it.
+`checkpoint` is an AutoModelForImageTextToText whose AutoProcessor takes `images` (and
+optionally `text`) and whose `generate` returns token ids. BLIP
+(Salesforce/blip-image-captioning-base or -large) is the tested family; other models of that
+class that behave the same way (GIT, BLIP-2) should load unchanged but are untested here.
+Generation is deterministic (no sampling): `num_beams` 1 is greedy decoding, more is beam
+search; `min_new_tokens`..`max_new_tokens` bound the length (defaults: BLIP's own captioning
+setup, 3 beams and 5 to 20 tokens). With `prompt` set, captioning is conditioned on that
+text prefix ("a photography of"), and the prefix stays in the caption, as BLIP's
+conditional captioning returns it.
 
 Output (KEY.txt): the decoded caption without special tokens, UTF-8, stripped of leading
-and trailing whitespace. 4M reads a .txt caption as one string for every crop (4M_FORMAT.md
-§1.5). Captions that came with the source corpus are not this folder: they are the
-corpus's own text, kept by ingest.
+and trailing whitespace. A model that generates nothing but special tokens gives an empty
+caption, which the label stage records as a failed sample (zero bytes mean invalid).
+4M reads a .txt caption as one string for every crop (4M_FORMAT.md §1.5). Captions that
+came with the source corpus are not this folder: they are the corpus's own text, kept by
+ingest.
 """
 
 from __future__ import annotations
