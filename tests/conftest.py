@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 from prism4m.pipeline.ray_env import set_loopback_env
 
 set_loopback_env()  # before anything imports ray: keep every socket on 127.0.0.1
+# Tiny models on 2 shared cores run ~10x slower with intra-op threads fighting each other.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "immunohistochemistry", "camera", "logo")
 

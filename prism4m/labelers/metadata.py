@@ -95,10 +95,9 @@ FIELDS: list[MetadataField] = list(IMAGE_FIELDS)
 
 
 def _all_fields() -> list[MetadataField]:
-    try:
-        from prism4m.labelers.metadata_fields import DERIVED_FIELDS
-    except ImportError:
-        DERIVED_FIELDS = []
+    # Imported late: metadata_fields imports MetadataField from this module.
+    from prism4m.labelers.metadata_fields import DERIVED_FIELDS
+
     return FIELDS + list(DERIVED_FIELDS)
 
 
@@ -113,9 +112,10 @@ class MetadataLabeler(Labeler):
     Config = MetadataConfig
     default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=64)
 
-    @classmethod
-    def optional_inputs_for(cls) -> tuple[str, ...]:
-        return tuple(f for f in metadata_inputs() if f not in cls.requires)
+    def __init__(self, config=None):
+        super().__init__(config)
+        # Every folder some field reads; the planner runs metadata after those in the run.
+        self.optional_inputs = tuple(f for f in metadata_inputs() if f not in self.requires)
 
     def label_batch(self, batch: list[LabelInput]) -> list[bytes]:
         fields = _all_fields()
@@ -125,6 +125,3 @@ class MetadataLabeler(Labeler):
             record = {f.name: f.compute(ctx) for f in fields if all(i in sample.inputs for i in f.inputs)}
             out.append(encode_json(record))
         return out
-
-
-MetadataLabeler.optional_inputs = MetadataLabeler.optional_inputs_for()
