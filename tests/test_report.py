@@ -314,10 +314,21 @@ def test_tokenizer_reconstructions(report, tmp_path):
                          n_tokens=arch["grid"] ** 2, token_grid=[arch["grid"]] * 2, input_size=64,
                          patch_size=spec.patch_size, architecture=arch, random_weights=True)
     VQTokenizer.create(card).save(str(tmp_path / "tok"))
+    from prism4m.tokenizers.text import WordPieceTokenizer, fixed_tokens, train_wordpiece
+
+    text = WordPieceTokenizer(train_wordpiece(["a photograph of a dog", "a photograph of the sky"] * 5,
+                                              vocab_size=len(fixed_tokens()) + 60, min_frequency=1))
+    text.save(str(tmp_path / "text"), TokenizerCard(type="wordpiece", modality="text", vocab_size=1))
     page = build_report(root, tmp_path / "rep", n_samples=2,
-                        tokenizers=[str(tmp_path / "tok"), str(tmp_path / "nowhere")]).read_text()
+                        tokenizers=[str(tmp_path / "tok"), str(tmp_path / "text"), str(tmp_path / "nowhere")]).read_text()
     recon = re.findall(r"<div class='card recon'><div class='mod'>([^<]+)</div><a href='([^']+)'", page)
     assert len(recon) == 2 and "canny_edge" in recon[0][0] and "RANDOM WEIGHTS" in recon[0][0]
+    # the text tokenizer reads every sequence folder of the root: caption, det, palette, metadata, poses
+    texts = re.findall(r"<div class='card recon'><div class='mod'>⟲ wordpiece:text[^<]*← (\w+)</div>"
+                       r"<div class='cap'>(.*?)</div>", page)
+    assert sorted({f for f, _ in texts}) == ["caption", "color_palette", "det", "human_poses", "metadata"]
+    caption = next(c for f, c in texts if f == "caption")
+    assert re.search(r"\d+ tokens → <code>a photograph of", caption), caption
     img = np.asarray(Image.open(tmp_path / "rep" / recon[0][1]))
     assert img.shape[0] == 64 and img.shape[1] == 2 * 64 + 4  # input crop | reconstruction
     assert "16 tokens" in page and "PSNR" in page

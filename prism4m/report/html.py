@@ -210,13 +210,17 @@ def _gallery(store, ledgers, folders, n, seed, tok_dirs, assets, reason_of, rand
             cards.append(_card(folder, panel, src, badge=badge))
         hw = (ctx.rgb.height, ctx.rgb.width) if ctx.rgb is not None else (0, 0)
         for ti, lt in enumerate(toks):
-            m = members.get(lt.folder)
-            if m is None or m.is_invalid:
-                panel = Panel(None, f"no valid {esc(lt.folder)} member")
-            else:
-                panel = reconstruct(lt, m.data, ctx.crops, hw)
-            src = _save(panel.image, assets, f"{si:03d}_recon{ti}") if panel.image is not None else None
-            cards.append(_card(f"⟲ {lt.label}", panel, src, "recon"))
+            for folder in lt.folders:
+                m = members.get(folder)
+                if m is None and len(lt.folders) > 1:
+                    continue  # a text tokenizer: only the sequence folders this root has
+                if m is None or m.is_invalid:
+                    panel = Panel(None, f"no valid {esc(folder)} member")
+                else:
+                    panel = reconstruct(lt, folder, m.data, ctx.crops, hw)
+                src = (_save(panel.image, assets, f"{si:03d}_recon{ti}_{_safe(folder)}")
+                       if panel.image is not None else None)
+                cards.append(_card(f"⟲ {lt.label} ← {folder}", panel, src, "recon"))
         rows.append(f"<div class='sample'><h3>{esc(key)} <small>shard {shard}, #{pos}</small></h3>"
                     f"<div class='cards'>{''.join(cards)}</div></div>")
     note = "".join(f"<p class='note'>{esc(x)}</p>" for x in notes)

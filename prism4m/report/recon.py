@@ -24,8 +24,8 @@ from prism4m.report.render import Panel
 class LoadedTokenizer:
     path: str
     tok: object
-    folder: str      # source folder the tokenizer reads
-    label: str       # short name for the gallery column
+    folders: tuple[str, ...]   # source folders it reads (a text tokenizer reads every sequence folder)
+    label: str                 # short name for the gallery column
 
 
 def load_tokenizers(dirs: list[str]) -> tuple[list[LoadedTokenizer], list[str]]:
@@ -41,12 +41,14 @@ def load_tokenizers(dirs: list[str]) -> tuple[list[LoadedTokenizer], list[str]]:
         try:
             tok = load_tokenizer(d)
             card = tok.card
-            try:
-                folder = get_spec(card.modality).folder
-            except KeyError:  # text tokenizers name their modality directly (caption, det, …)
-                folder = card.modality
+            if card.type == "wordpiece":
+                from prism4m.tokenizers.serializers import SERIALIZERS
+
+                folders = tuple(SERIALIZERS)
+            else:
+                folders = (get_spec(card.modality).folder,)
             rw = " [RANDOM WEIGHTS]" if getattr(card, "random_weights", False) else ""
-            out.append(LoadedTokenizer(str(d), tok, folder, f"{card.type}:{card.modality} v{card.vocab_size}{rw}"))
+            out.append(LoadedTokenizer(str(d), tok, folders, f"{card.type}:{card.modality} v{card.vocab_size}{rw}"))
         except Exception as exc:
             notes.append(f"tokenizer {d}: not loaded: {type(exc).__name__}: {str(exc)[:200]}")
     return out, notes
@@ -75,12 +77,12 @@ def _display(spec, x: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
     return colormap(-v, -hi, -lo)  # depth: near = bright, as in the label column
 
 
-def reconstruct(lt: LoadedTokenizer, data: bytes, crops: np.ndarray | None, image_hw: tuple[int, int]) -> Panel:
+def reconstruct(lt: LoadedTokenizer, folder: str, data: bytes, crops: np.ndarray | None, image_hw: tuple[int, int]) -> Panel:
     """The reconstruction panel of one sample (never raises)."""
     tok = lt.tok
     try:
         if getattr(tok.card, "type", "") == "wordpiece":
-            return _text_panel(tok, lt.folder, data, crops, image_hw)
+            return _text_panel(tok, folder, data, crops, image_hw)
         from prism4m.tokenizers.specs import decode_value
 
         spec = tok.spec
