@@ -20,6 +20,7 @@ shows exactly what a reader would see.
 from __future__ import annotations
 
 import html
+import io
 import json
 import re
 import shutil
@@ -74,17 +75,25 @@ def pick_samples(rgb_ledger: dict[int, dict], n: int, seed: int) -> list[tuple[i
 
 
 class _Shards:
-    """Committed shards read at most once per report."""
+    """The members the gallery needs, one shard in memory at a time (real shards hold GBs)."""
 
-    def __init__(self, store: DatasetStore, ledgers: dict[str, dict[int, dict]]):
-        self.store, self.ledgers, self.cache = store, ledgers, {}
+    def __init__(self, store: DatasetStore, ledgers: dict[str, dict[int, dict]], picks: list[tuple[int, int]]):
+        self.store, self.ledgers = store, ledgers
+        self.wanted: dict[int, set[int]] = {}
+        for shard, pos in picks:
+            self.wanted.setdefault(shard, set()).add(pos)
+        self.cache: dict[tuple[str, int], dict[int, Member]] = {}
 
-    def members(self, folder: str, shard: int) -> list[Member] | None:
+    def members(self, folder: str, shard: int) -> dict[int, Member] | None:
+        """position → member for the picked positions of ``shard``; None when not committed."""
         rec = self.ledgers.get(folder, {}).get(shard)
         if rec is None:
             return None
         if (folder, shard) not in self.cache:
-            self.cache[(folder, shard)] = list(self.store.iter_shard(folder, shard, record=rec))
+            self.cache = {k: v for k, v in self.cache.items() if k[1] == shard}  # drop other shards
+            keep = self.wanted.get(shard, set())
+            self.cache[(folder, shard)] = {i: m for i, m in enumerate(self.store.iter_shard(folder, shard, record=rec))
+                                           if i in keep}
         return self.cache[(folder, shard)]
 
 
@@ -173,21 +182,21 @@ def _overview(store, status, format_status, dataset_samples, folders, random_fol
 
 
 def _gallery(store, ledgers, folders, n, seed, tok_dirs, assets, reason_of, random_folders) -> str:
-    shards = _Shards(store, ledgers)
     toks, notes = load_tokenizers(tok_dirs) if tok_dirs else ([], [])
     picks = pick_samples(ledgers.get("rgb", {}), n, seed)
+    shards = _Shards(store, ledgers, picks)
     rows = []
     for si, (shard, pos) in enumerate(picks):
         rgb_m = shards.members("rgb", shard)[pos]
         key = rgb_m.key
         ctx = SampleContext(key)
         try:
-            ctx.rgb = Image.open(__import__("io").BytesIO(rgb_m.data)).convert("RGB")
+            ctx.rgb = Image.open(io.BytesIO(rgb_m.data)).convert("RGB")
         except Exception:
             pass
-        crop_m = (shards.members("crop_settings", shard) or [None] * (pos + 1))[pos]
+        crop_m = (shards.members("crop_settings", shard) or {}).get(pos)
         if crop_m is not None and crop_m.data:
-            ctx.crops = np.load(__import__("io").BytesIO(crop_m.data), allow_pickle=False)
+            ctx.crops = np.load(io.BytesIO(crop_m.data), allow_pickle=False)
         cards = []
         members: dict[str, Member] = {}
         for folder in folders:
@@ -195,7 +204,7 @@ def _gallery(store, ledgers, folders, n, seed, tok_dirs, assets, reason_of, rand
             if ms is None:
                 cards.append(_card(folder, Panel(None, "<i>shard not committed</i>"), None, "absent"))
                 continue
-            m = ms[pos] if pos < len(ms) else None
+            m = ms.get(pos)
             if m is None or m.key != key:  # Invariant 1 says this cannot happen; show it if it does
                 cards.append(_card(folder, Panel(None, "<b>misaligned</b>: key differs from rgb"), None, "invalid"))
                 continue

@@ -187,10 +187,14 @@ def folder_stats(store: DatasetStore, folder: str, records: dict[int, dict], dat
     fn = VALUES.get(base) or VALUES.get(base.split("@")[0]) or (None if is_tok else _bytes)
     kind, rng, title, values = None, None, "", []
     tok_ids = []
-    for shard in _spread(sorted(records), max_shards):
+    chosen = _spread(sorted(records), max_shards)
+    per_shard = max(1, max_members // max(len(chosen), 1))  # spread the sample over the chosen shards
+    for shard in chosen:
+        taken = 0
         for m in store.iter_shard(folder, shard, record=records[shard]):
-            if st.sampled >= max_members:
+            if taken >= per_shard:
                 break
+            taken += 1
             if m.is_invalid:
                 continue
             st.sampled += 1
