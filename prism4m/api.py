@@ -13,8 +13,22 @@ from prism4m.pipeline.ingest import IngestConfig, IngestSummary, ingest
 from prism4m.pipeline.label import LabelSummary, PlanError, label
 from prism4m.report.status import DatasetStatus, dataset_status as status
 
-__all__ = ["ingest", "label", "status", "run_job", "IngestConfig", "IngestSummary", "LabelSummary",
+__all__ = ["ingest", "label", "status", "report", "estimate", "run_job", "IngestConfig", "IngestSummary", "LabelSummary",
            "DatasetStatus", "PlanError", "WorkerStartupError"]
+
+
+def report(root: str, out_dir: str, **kwargs):
+    """Static HTML report of a root (see prism4m.report.html.build_report)."""
+    from prism4m.report.html import build_report
+
+    return build_report(root, out_dir, **kwargs)
+
+
+def estimate(images: int, gpus: int, labelers: list[str] | None = None, root: str | None = None, **kwargs):
+    """Projected hours / GPU-hours (see prism4m.report.estimate.estimate)."""
+    from prism4m.report.estimate import estimate as _estimate
+
+    return _estimate(images, gpus, labelers, root, **kwargs)
 
 
 def run_job(path: str, show_progress: bool = True) -> bool:

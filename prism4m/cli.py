@@ -146,6 +146,42 @@ def status(
 
 
 @app.command()
+def report(
+    root: str = typer.Argument(..., help="dataset root (local or s3://…)"),
+    out: str = typer.Option(..., "--out", "-o", help="output directory (index.html + assets/)"),
+    samples: int = typer.Option(16, "--samples", "-n", help="samples in the gallery"),
+    tokenizer: list[str] = typer.Option([], "--tokenizer", "-t", help="tokenizer dir whose reconstructions to show (repeatable)"),
+    seed: int = typer.Option(0, help="which samples the gallery picks"),
+) -> None:
+    """A static HTML report: gallery of every modality, statistics, throughput, provenance, errors."""
+    from prism4m import api
+
+    path = api.report(root, out, n_samples=samples, tokenizers=tokenizer or None, seed=seed)
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def estimate(
+    images: int = typer.Option(..., "--images", help="corpus size to project"),
+    gpus: int = typer.Option(..., "--gpus", help="GPUs available"),
+    labelers: Optional[str] = typer.Option(None, "--labelers", help="comma-separated (default: all measured)"),
+    root: Optional[str] = typer.Option(None, "--root", help="measure throughput from this root's ledger (a pilot run)"),
+    cpus_per_gpu: int = typer.Option(8, "--cpus-per-gpu", help="CPU cores per GPU for CPU-only labelers"),
+    speedup: float = typer.Option(1.0, "--speedup", help="assumed GPU speedup over the measured device"),
+) -> None:
+    """Hours and GPU-hours to label a corpus, from measured throughput (assumptions printed)."""
+    from prism4m import api
+    from prism4m.report.estimate import format_estimate
+
+    names = [x.strip() for x in labelers.split(",") if x.strip()] if labelers else None
+    try:
+        typer.echo(format_estimate(api.estimate(images, gpus, names, root, cpus_per_gpu=cpus_per_gpu,
+                                                speedup=speedup)))
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@app.command()
 def labelers() -> None:
     """List the labelers this installation knows (built-ins and entry points)."""
     from prism4m.labelers.registry import available_labelers

@@ -193,7 +193,8 @@ def run_units(
                 report.samples += int(result.get("samples", 0))
                 report.results.append(result)
                 if progress:
-                    progress.update(units=1, samples=int(result.get("samples", 0)))
+                    progress.update(units=1, samples=int(result.get("samples", 0)),
+                                    invalid=int(result.get("invalid", result.get("errors", 0))))
             fill()
     finally:
         for a in actors:

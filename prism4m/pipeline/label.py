@@ -88,6 +88,7 @@ class LabelWorker:
             lab.ensure_setup()  # MissingWeightsError surfaces here, before any shard
         # Provenance hashes weight files: once per actor, not once per shard.
         self.provenance = {name: lab.model_provenance() for name, lab in self.labelers.items()}
+        self.devices = {name: _device_name(lab.device) for name, lab in self.labelers.items()}
         return True
 
     def process(self, unit: LabelUnit) -> dict:
@@ -116,12 +117,25 @@ class LabelWorker:
                 "inputs": {f: _content_hash(ledger_records[f]) for f in read},
                 "model": self.provenance[name],
                 "random_weights": bool(self.provenance[name].get("random_weights", False)),
+                "device": self.devices[name],
                 "wall_s": round(time.perf_counter() - t1 + decode_s / len(unit.labelers), 4),
             }
             errors[name] = errs
         self.store.commit_unit(unit.shard, outputs, records, errors)
-        return {"samples": len(rgb_members) * len(unit.labelers), "shard": unit.shard,
-                "labelers": list(unit.labelers), "wall_s": time.perf_counter() - t0}
+        return {"samples": len(rgb_members), "shard": unit.shard, "labelers": list(unit.labelers),
+                "invalid": sum(len(e) for e in errors.values()), "wall_s": time.perf_counter() - t0}
+
+
+def _device_name(device: str) -> str:
+    """'cpu', or the GPU model for cuda (throughput in the ledger means little without it)."""
+    if device.startswith("cuda"):
+        try:
+            import torch
+
+            return f"cuda:{torch.cuda.get_device_name(0)}"
+        except Exception:  # noqa: BLE001
+            return device
+    return device
 
 
 def _content_hash(record: dict | None) -> str | None:

@@ -31,7 +31,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> float
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+        # address="local": always start our own instance, never join a stray one on this machine.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  object_store_memory=256 * 2**20)
         _started_here = True
     return time.perf_counter() - t0
