@@ -96,7 +96,7 @@ def test_tokens_are_aligned_int16_and_match_in_process_encoding(tokenized_root, 
             assert arr.dtype == np.int16 and arr.shape == (len(s.rows), 4)
             assert arr.min() >= 0 and arr.max() < tok.card.vocab_size
             # the same crops encoded here give the same tokens
-            assert np.array_equal(arr, tok.encode(tok.prepare(s.value, s.rows, s.image_hw)))
+            assert np.array_equal(arr, tok.encode(tok.prepare(s.value, s.rows, s.image_hw, s.region)))
 
 
 def test_rerun_skips_and_forced_run_gives_identical_shards(tokenized_root, tokenizers, tmp_path):

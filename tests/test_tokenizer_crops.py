@@ -74,7 +74,7 @@ def test_feature_map_crop_samples_the_same_image_positions(row):
     cx = (np.arange(gw) + 0.5) * W / gw
     fmap = np.stack(np.meshgrid(cy, cx, indexing="ij"), axis=-1).astype(np.float32)  # (gh, gw, 2)
     grid = 4
-    out = crop_feature_map(fmap, row, (H, W), grid)
+    out = crop_feature_map(fmap, row, (0, 0, H, W), grid)
     top, left, h, w, flip = row
     want_y = top + (np.arange(grid) + 0.5) * h / grid
     want_x = left + (np.arange(grid) + 0.5) * w / grid
@@ -85,6 +85,17 @@ def test_feature_map_crop_samples_the_same_image_positions(row):
     inner_x = (want_x > cx[0]) & (want_x < cx[-1])
     assert np.allclose(out[0][inner][:, inner_x], np.repeat(want_y[inner, None], inner_x.sum(), 1), atol=1e-3)
     assert np.allclose(out[1][inner][:, inner_x], np.repeat(want_x[None, inner_x], inner.sum(), 0), atol=1e-3)
+
+
+def test_feature_map_of_the_centre_square_is_placed_in_it():
+    # the labelers' default: the map covers the centred square (row 0's pixels), here x 15..75
+    g = 5
+    centre = (np.arange(g) + 0.5) * 60 / g
+    fmap = np.stack(np.meshgrid(centre, 15 + centre, indexing="ij"), axis=-1).astype(np.float32)  # (y, x)
+    value = np.concatenate([np.zeros((1, 2), np.float32), fmap.reshape(-1, 2)])
+    out = crop_all(get_spec("dinov2"), value, ROWS[:1], 5 * 14, (H, W))[0]  # row 0, grid 5
+    assert np.allclose(out[1], np.repeat((15 + centre)[None], g, 0), atol=1e-3)  # identity on row 0
+    assert np.allclose(out[0], np.repeat(centre[:, None], g, 1), atol=1e-3)
 
 
 def test_feature_layout_and_grid_inference():

@@ -85,9 +85,12 @@ class NeuralTokenizer:
             return m.in_mean.cpu().numpy(), m.in_std.cpu().numpy()
         return None
 
-    def prepare(self, value: np.ndarray, rows: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-        """One sample's decoded label + its crop rows → normalised encoder inputs (n_crops, …)."""
-        crops = crop_all(self.spec, value, rows, self.card.input_size or 0, image_hw)
+    def prepare(self, value: np.ndarray, rows: np.ndarray, image_hw: tuple[int, int],
+                region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """One sample's decoded label + its crop rows → normalised encoder inputs (n_crops, …).
+
+        ``region``: for feature maps, the rgb region they cover (default: centred square)."""
+        crops = crop_all(self.spec, value, rows, self.card.input_size or 0, image_hw, region)
         return normalise(self.spec, crops, self.input_stats)
 
     def _tensor(self, batch: Any) -> torch.Tensor:

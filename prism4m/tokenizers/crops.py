@@ -38,15 +38,23 @@ def crop_raster(arr: np.ndarray, row, size: int, resample: str = "bicubic", flip
     return crop
 
 
-def crop_feature_map(fmap: np.ndarray, row, image_hw: tuple[int, int], grid: int) -> np.ndarray:
-    """(h, w, C) feature map over the whole image → (C, grid, grid) for the crop row."""
-    top, left, h, w, hflip = (float(v) for v in row)
+def centre_square(image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of crop_settings row 0: the region the feature labelers encode."""
     H, W = image_hw
+    s = min(H, W)
+    return (H - s) // 2, (W - s) // 2, s, s
+
+
+def crop_feature_map(fmap: np.ndarray, row, region: tuple[int, int, int, int], grid: int) -> np.ndarray:
+    """(h, w, C) feature map covering ``region`` (top, left, h, w) → (C, grid, grid) for the row."""
+    top, left, h, w, hflip = (float(v) for v in row)
+    r_top, r_left, H, W = (float(v) for v in region)
+    top, left = top - r_top, left - r_left
     ys = top + (np.arange(grid) + 0.5) * h / grid
     xs = left + (np.arange(grid) + 0.5) * w / grid
     if hflip:
         xs = xs[::-1]
-    # grid_sample's normalised coordinates (align_corners=False) are image fractions, so the
+    # grid_sample's normalised coordinates (align_corners=False) are region fractions, so the
     # feature map's own resolution drops out.
     gy, gx = np.meshgrid(2 * ys / H - 1, 2 * xs / W - 1, indexing="ij")
     coords = torch.from_numpy(np.stack([gx, gy], axis=-1)[None].astype(np.float32))
@@ -54,23 +62,25 @@ def crop_feature_map(fmap: np.ndarray, row, image_hw: tuple[int, int], grid: int
     return F.grid_sample(src, coords, mode="bilinear", padding_mode="border", align_corners=False)[0].numpy()
 
 
-def split_features(value: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def split_features(value: np.ndarray, region_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Labeler layout (1 + h*w, C) → (global (C,), map (h, w, C))."""
-    h, w = feature_grid(value.shape[0] - 1, image_hw)
+    h, w = feature_grid(value.shape[0] - 1, region_hw)
     return value[0], value[1:].reshape(h, w, value.shape[1])
 
 
 def crop_all(spec: ModalitySpec, value: np.ndarray, rows: np.ndarray, input_size: int,
-             image_hw: tuple[int, int]) -> np.ndarray:
+             image_hw: tuple[int, int], region: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Every crop row of one sample → the un-normalised encoder batch for ``spec``.
 
     image/classes: (n, C, S, S); feature: (n, C, g, g) with g = S // patch; global: (n, C).
+    ``region``: what a feature map covers (default: the centred square, see module docstring).
     """
     rows = np.asarray(rows).reshape(-1, 5)
     if spec.kind in ("image", "classes"):
         return np.stack([crop_raster(value, r, input_size, spec.resample, spec.flip) for r in rows])
-    glob, fmap = split_features(value, image_hw)
+    region = region or centre_square(image_hw)
+    glob, fmap = split_features(value, region[2:])
     if spec.kind == "global":
         return np.repeat(glob[None], len(rows), axis=0)
     grid = input_size // spec.patch_size
-    return np.stack([crop_feature_map(fmap, r, image_hw, grid) for r in rows])
+    return np.stack([crop_feature_map(fmap, r, region, grid) for r in rows])

@@ -137,7 +137,7 @@ def _encode_shard(store: DatasetStore, tok, index: int, batch_size: int, cache: 
             errors.append({"key": s.key, "reason": reason,
                            "message": f"{tok.spec.folder}/{s.key}: {s.error}"})
             continue
-        batch = tok.prepare(s.value, s.rows, s.image_hw)
+        batch = tok.prepare(s.value, s.rows, s.image_hw, s.region)
         buf.append(batch)
         pending.append((s.key, len(batch)))
         if sum(len(b) for b in buf) >= batch_size:
@@ -209,6 +209,7 @@ class TokenizeWorker:
         store.commit_unit(index, outputs, records, errors)
         n = len(next(iter(outputs.values()))) if outputs else 0
         return {"samples": n, "shard": index, "folders": [self.jobs[j].folder for j in unit.jobs],
+                "invalid": sum(len(e) for f, e in errors.items() if VERSION_SEP not in f),
                 "encode_s": encode_s, "wall_s": time.perf_counter() - t0}
 
 

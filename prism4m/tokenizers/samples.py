@@ -25,6 +25,7 @@ class SampleInput:
     rows: np.ndarray             # (n_crops, 5) int64
     image_hw: tuple[int, int]    # rgb/ size the rows refer to
     error: str | None = None     # why value is None
+    region: tuple[int, int, int, int] | None = None  # what a feature map covers (None: centre square)
 
 
 def _image_hw(data: bytes) -> tuple[int, int]:
@@ -40,6 +41,10 @@ def iter_shard_inputs(store: DatasetStore, spec: ModalitySpec, index: int,
         if folder not in cache:
             cache[folder] = store.read_shard(folder, index)
     rgb, crops, labels = cache["rgb"], cache["crop_settings"], cache[spec.folder]
+    whole_image = False
+    if spec.ext == "npy":  # clip's fit: resize encodes the whole (stretched) image
+        rec = store.ledger(spec.folder).get(index, {})
+        whole_image = (rec.get("producer", {}).get("config") or {}).get("fit") == "resize"
     if not (len(rgb) == len(crops) == len(labels)):
         raise ValueError(f"shard {index}: rgb/crop_settings/{spec.folder} have {len(rgb)}/{len(crops)}/"
                          f"{len(labels)} members (misaligned dataset)")
@@ -56,4 +61,5 @@ def iter_shard_inputs(store: DatasetStore, spec: ModalitySpec, index: int,
         except Exception as exc:  # noqa: BLE001 - one bad member must not sink the shard
             yield SampleInput(m.key, None, rows, (0, 0), f"decode_error: {exc}")
             continue
-        yield SampleInput(m.key, value, rows, (int(hw[0]), int(hw[1])))
+        hw = (int(hw[0]), int(hw[1]))
+        yield SampleInput(m.key, value, rows, hw, region=(0, 0, *hw) if whole_image else None)

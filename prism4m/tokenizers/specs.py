@@ -9,9 +9,11 @@ way in both. Kinds:
 - ``classes``: a class-id png (semseg_coco: COCO panoptic ids 0..132, 255 = no class);
   resized with nearest; ml-4m's ``shift_idx_by_one`` makes 255 → 0 and c → c+1 (134 ids).
 - ``feature``: float16 npy ``(1 + h*w, C)`` from the clip/dinov2 labelers, row 0 the global
-  embedding, rows 1.. the patch map row-major over the whole image. ``h, w`` are the
-  factorisation of ``h*w`` closest to the image's aspect ratio. The crop row (rgb pixels) is
-  scaled to the feature grid and the map resampled bilinearly to the token grid.
+  embedding, rows 1.. the patch map row-major over the region the labeler encoded (the
+  centred square by default; the whole image for clip ``fit: resize``, read from the
+  folder's ledger producer). ``h, w`` are the factorisation of ``h*w`` closest to that
+  region's aspect ratio. The crop row (rgb pixels) is mapped into the region and the map
+  resampled bilinearly to the token grid (crops.py).
 - ``global``: row 0 of those files, one vector per sample (a crop cannot be applied to a
   global embedding; every crop row gets the same tokens).
 

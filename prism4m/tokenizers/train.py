@@ -90,7 +90,7 @@ def collect_crops(store: DatasetStore, spec: ModalitySpec, shards: list[int], in
         for s in items:
             if s.value is None:
                 continue
-            crops = crop_all(spec, s.value, s.rows, input_size, s.image_hw)
+            crops = crop_all(spec, s.value, s.rows, input_size, s.image_hw, s.region)
             out.append(crops[: limit - n])
             n += len(out[-1])
             samples += 1
