@@ -57,6 +57,11 @@ def _short_error(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, "".join(traceback.format_exception_only(type(exc), exc))[-2000:]
 
 
+def _count(value: Any) -> int:
+    """A result's invalid/errors entry: a number, or a list of error records (ScanWorker)."""
+    return len(value) if isinstance(value, (list, tuple, dict, set)) else int(value or 0)
+
+
 def _instrumented(worker_cls: type) -> type:
     """`worker_cls` plus: ready() rerun in a restarted actor, node id and pid on each result.
 
@@ -194,7 +199,7 @@ def run_units(
                 report.results.append(result)
                 if progress:
                     progress.update(units=1, samples=int(result.get("samples", 0)),
-                                    invalid=int(result.get("invalid", result.get("errors", 0))))
+                                    invalid=_count(result.get("invalid", result.get("errors", 0))))
             fill()
     finally:
         for a in actors:
