@@ -28,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 8
-IMAGES = {"sam_instance": 16, "clip": 64}
+IMAGES = {"sam_instance": 8, "clip": 64}
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "camera", "cat", "coins")
 SAM_CONFIG = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
 
