@@ -196,3 +196,38 @@ def test_loader_resumes_at_the_exact_next_batch(tmp_path):
                 assert torch.equal(batch[m][field], expected[m][field]), (i, m, field)
         if i == 7:
             break
+
+
+@pytest.mark.parametrize("fmt", ["USTAR_FORMAT", "GNU_FORMAT", "PAX_FORMAT"])
+def test_tar_reader_matches_stdlib_tarfile_for_every_format(tmp_path, fmt):
+    import io
+    import tarfile
+
+    from prism4m.trainer.data import iter_tar_members
+
+    members = [("k" * 150, "npy", b"x" * 700), ("short", "txt", "naïve ✓".encode()), ("empty", "json", b"")]
+    path = tmp_path / "shard-000000.tar"
+    with tarfile.open(path, "w", format=getattr(tarfile, fmt)) as tar:
+        for key, ext, data in members:
+            if fmt == "USTAR_FORMAT" and len(key) > 99:
+                key = key[:90]  # ustar cannot hold longer names without a '/' prefix split
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(path) as tar:
+        expected = [(m.name.partition(".")[0], m.name.partition(".")[2], tar.extractfile(m).read()) for m in tar]
+    assert list(iter_tar_members(str(path))) == expected
+
+
+def test_tar_reader_refuses_member_paths(tmp_path):
+    import io
+    import tarfile
+
+    from prism4m.trainer.data import iter_tar_members
+
+    path = tmp_path / "bad.tar"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("../evil.npy")
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(ValueError, match="refusing member name"):
+        list(iter_tar_members(str(path)))

@@ -150,3 +150,20 @@ def test_model_layout_follows_4m():
     assert id(model.encoder[0].attn.q.weight) in decayed
     assert id(model.enc_token_emb["tok_rgb@224"].weight) not in decayed
     assert id(norms[0].weight) not in decayed
+
+
+@pytest.mark.skipif(not os.environ.get("PRISM4M_TEST_RAY"), reason="starts a Ray cluster; set PRISM4M_TEST_RAY=1")
+def test_ray_train_runs_two_workers(token_root, tmp_path):
+    import ray
+
+    from prism4m.trainer.train import train_with_ray
+
+    root, tok = token_root
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
+    try:
+        metrics = train_with_ray(config(root, tok, tmp_path, steps=2, data__eval_max_batches=1), num_workers=2)
+    finally:
+        ray.shutdown()
+    assert metrics["step"] == 2 and math.isfinite(metrics["loss"])
+    assert (tmp_path / "checkpoints" / "latest.pt").exists()

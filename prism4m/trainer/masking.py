@@ -189,7 +189,7 @@ def span_mask(
         p = _keep_probability(rng, keep)
         for _ in range(200):
             keep_mask = rng.random(n) < p
-            starts = np.count_nonzero(~keep_mask & np.r_[True, keep_mask[:-1]])
+            starts = np.count_nonzero(~keep_mask & np.concatenate(([True], keep_mask[:-1])))
             if keep_mask.sum() + starts <= input_budget:
                 break
             p *= 0.9
@@ -248,6 +248,7 @@ class UnifiedMasker:
         self.min_target_tokens = num_target_tokens if min_target_tokens is None else min_target_tokens
         w = np.array([c.weight for c in self.components], dtype=np.float64)
         self.component_probs = w / w.sum()
+        self._component_edges = np.cumsum(self.component_probs)
         self.input_alphas = np.array([[c.input_alphas.get(m, 0.0) for m in self.names] for c in self.components])
         self.target_alphas = np.array([[c.target_alphas.get(m, 0.0) for m in self.names] for c in self.components])
 
@@ -263,7 +264,7 @@ class UnifiedMasker:
             [self.registry[m].num_tokens if present is None else present.get(m, 0) for m in self.names],
             dtype=np.int64,
         )
-        comp = int(rng.choice(len(self.components), p=self.component_probs))
+        comp = min(int(np.searchsorted(self._component_edges, rng.random(), side="right")), len(self.components) - 1)
         n_in = int(rng.integers(self.min_input_tokens, self.num_input_tokens + 1))
         n_tg = int(rng.integers(self.min_target_tokens, self.num_target_tokens + 1))
         b_in = allocate_budget(rng, self.input_alphas[comp], n_in, sizes)

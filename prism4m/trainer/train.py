@@ -500,13 +500,15 @@ def train_with_ray(config: TrainConfig | Mapping[str, Any], num_workers: int = 2
     Ray Train creates the torch process group; `train` joins it. Needs a running Ray
     cluster (``ray.init(address=...)``) or starts a local one.
     """
-    from ray.train import ScalingConfig
+    from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
+    out = cfg.out_dir if "://" in cfg.out_dir else os.path.abspath(cfg.out_dir)
     trainer = TorchTrainer(
         _ray_train_loop,
         train_loop_config=cfg.model_dump(mode="json"),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(storage_path=f"{out}/ray", name="train"),  # our checkpoints stay in out_dir
     )
     return dict(trainer.fit().metrics or {})
