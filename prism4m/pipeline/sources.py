@@ -24,6 +24,11 @@ IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "jfif"}
 CAPTION_EXTS = ("txt", "caption")
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "img", "image_bytes", "bytes", "webp")
 CAPTION_COLUMNS = ("caption", "text", "txt", "alt", "alt_text")
+MAX_TAR_MEMBER_BYTES = 1 << 30  # a source tar member is read into memory whole
+
+
+class UnsafeSource(ValueError):
+    """A source container that tries to escape (absolute/'..' member paths, links)."""
 
 
 @dataclass(frozen=True)
@@ -147,11 +152,18 @@ def _iter_tar(f: SourceFile, so: dict, want: set[str] | None) -> Iterator[RawIte
     try:
         with fsspec.open(f.uri, "rb", **so) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
             for info in tar:
-                if not info.isfile():
-                    continue
                 name = info.name
-                if name.startswith("/") or ".." in name.split("/"):
-                    continue  # never follow absolute or parent paths out of the archive
+                # A member that points outside the archive (absolute path, '..', a link) is
+                # never legitimate in a WebDataset shard: refuse the whole file, naming it.
+                if name.startswith("/") or "\\" in name or ".." in name.split("/"):
+                    raise UnsafeSource(f"{f.uri}: refused: tar member {name!r} has an absolute or '..' path")
+                if info.issym() or info.islnk():
+                    raise UnsafeSource(f"{f.uri}: refused: tar member {name!r} is a link")
+                if not info.isfile():
+                    continue  # directories
+                if info.size > MAX_TAR_MEMBER_BYTES:  # read whole into memory: bound it (gzip bombs)
+                    raise UnsafeSource(f"{f.uri}: refused: tar member {name!r} declares {info.size:,} bytes "
+                                       f"(limit {MAX_TAR_MEMBER_BYTES:,})")
                 d, base = posixpath.split(name)
                 if base.startswith("."):
                     continue
@@ -161,6 +173,8 @@ def _iter_tar(f: SourceFile, so: dict, want: set[str] | None) -> Iterator[RawIte
                     groups[gkey] = {}
                     order.append(gkey)
                 groups[gkey][ext.lower()] = tar.extractfile(info).read()
+    except UnsafeSource:
+        raise
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ValueError(f"{f.uri}: unreadable tar ({type(exc).__name__}: {exc})") from None
     for gkey in order:
