@@ -124,6 +124,11 @@ def test_model_type_is_read_from_the_weights():
         infer_model_type({"image_encoder.patch_embed.proj.weight": torch.empty(100, 3, 16, 16)})
 
 
+def test_model_type_that_contradicts_the_weights_is_refused(sam_dir):
+    with pytest.raises(ValueError, match=r"model_type.*'vit_b'.*'tiny'"):
+        SamInstanceLabeler({"checkpoint": sam_dir, "model_type": "vit_b"}).ensure_setup()
+
+
 def test_provenance_records_random_weights_and_hash(lab, sam_dir):
     prov = lab.model_provenance()
     assert prov["random_weights"] is True and prov["model_type"] == "tiny"

@@ -169,6 +169,11 @@ class SamInstanceLabeler(Labeler):
         weights = _weights_file(resolved.path)
         state_dict = load_state_dict(weights)
         self.model_type = infer_model_type(state_dict) if cfg.model_type == "auto" else cfg.model_type
+        width = state_dict.get("image_encoder.patch_embed.proj.weight")
+        if width is not None and WIDTH_TO_TYPE.get(int(width.shape[0]), self.model_type) != self.model_type:
+            # Say it plainly instead of load_state_dict's page of shape mismatches.
+            raise ValueError(f"`labelers.sam_instance.model_type` is {self.model_type!r} but {weights.name} "
+                             f"holds {WIDTH_TO_TYPE[int(width.shape[0])]!r} weights (or use model_type: auto)")
         model = build_sam(self.model_type)
         model.load_state_dict(state_dict, strict=True)
         model.to(self.device).eval()
