@@ -511,4 +511,18 @@ def train_with_ray(config: TrainConfig | Mapping[str, Any], num_workers: int = 2
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=RunConfig(storage_path=f"{out}/ray", name="train"),  # our checkpoints stay in out_dir
     )
-    return dict(trainer.fit().metrics or {})
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    # Ray Train v2 keeps metrics only next to Ray checkpoints; ours live in out_dir, so
+    # read the run's outcome back from rank 0's log there.
+    summary: dict[str, Any] = dict(result.metrics or {})
+    with fsspec.open(f"{cfg.out_dir.rstrip('/')}/log.jsonl", "r") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    steps = [r for r in records if "loss" in r and "event" not in r]
+    if steps:
+        summary.update(step=steps[-1]["step"], loss=steps[-1]["loss"])
+    finals = [r for r in records if r.get("event") == "final_eval"]
+    if finals:
+        summary["table"] = finals[-1]["table"]
+    return summary
