@@ -115,7 +115,8 @@ def test_depth_is_16bit_at_rgb_size_with_recorded_normalisation(ckpts):
 
 def test_depth_mixed_shapes_in_one_batch_match_single_images(ckpts):
     lab = DepthLabeler({"checkpoint": ckpts["depth"]})
-    batch = inputs(photos())
+    images = photos()
+    batch = inputs(images + [images[0][::-1]])  # mixed shapes, and two of the same shape
     together = lab.label_batch(batch)
     for s, m in zip(batch, together):
         alone = png(lab.label_batch([s])[0]).astype(np.int64)

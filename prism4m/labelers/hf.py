@@ -127,7 +127,7 @@ def load_hf_model(
     try:
         model = mcls.from_pretrained(str(path), local_files_only=True, dtype=getattr(torch, dtype),
                                      **(model_kwargs or {}))
-    except OSError as exc:  # a directory without config/weights: still "no weights"
+    except OSError as exc:  # a config without its weight files: still "no weights"
         raise missing_weights(labeler, example, f"could not load {checkpoint!r} with "
                               f"{getattr(mcls, '__name__', mcls)} ({str(exc)[:200]})") from None
     model.to(device).eval()
