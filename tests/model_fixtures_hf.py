@@ -114,3 +114,21 @@ def build_detr(directory, num_queries: int = 10) -> str:
         model.model.query_position_embeddings.weight.normal_(0, 1.0)
         model.class_labels_classifier.weight.normal_(0, 1.0)
     return _finish(model, proc, directory, "tiny DETR")
+
+
+def build_rtdetr(directory, num_queries: int = 10) -> str:
+    """RTDetrForObjectDetection (the example checkpoint's class) with a tiny ResNet, fixed 64² input."""
+    from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrImageProcessor, RTDetrResNetConfig
+
+    torch.manual_seed(0)
+    id2label = dict(enumerate(COCO_NAMES.values()))
+    resnet = RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1],
+                                layer_type="basic", out_features=["stage2", "stage3", "stage4"])
+    cfg = RTDetrConfig(backbone_config=resnet, use_pretrained_backbone=False, encoder_hidden_dim=16,
+                       encoder_in_channels=[16, 16, 32], feat_strides=[8, 16, 32], encoder_layers=1,
+                       encoder_ffn_dim=32, encoder_attention_heads=2, d_model=16, decoder_layers=1,
+                       decoder_ffn_dim=32, decoder_attention_heads=2, decoder_in_channels=[16, 16, 16],
+                       num_feature_levels=3, decoder_n_points=2, num_queries=num_queries, num_denoising=0,
+                       id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    proc = RTDetrImageProcessor(size={"height": 64, "width": 64})
+    return _finish(RTDetrForObjectDetection(cfg), proc, directory, "tiny RT-DETR")

@@ -40,6 +40,7 @@ def ckpts(tmp_path_factory) -> dict[str, str]:
         "dinov2": fx.build_dinov2(base / "dinov2"),
         "semseg_coco": fx.build_mask2former(base / "semseg"),
         "det": fx.build_detr(base / "det"),
+        "det_rtdetr": fx.build_rtdetr(base / "rtdetr"),
     }
 
 
@@ -237,14 +238,15 @@ def test_semseg_padded_batch_matches_single_images(ckpts):
 
 
 # ----------------------------------------------------------------------------- det
-def test_detections_sorted_normalised_named_and_thresholded(ckpts):
+@pytest.mark.parametrize("detector", ["det", "det_rtdetr"])
+def test_detections_sorted_normalised_named_and_thresholded(ckpts, detector):
     images = photos()
     names = set(fx.COCO_NAMES.values())
-    everything = DetectionLabeler({"checkpoint": ckpts["det"], "threshold": 0.0})
-    confident = DetectionLabeler({"checkpoint": ckpts["det"], "threshold": 0.5, "max_instances": 3})
+    everything = DetectionLabeler({"checkpoint": ckpts[detector], "threshold": 0.0})
+    confident = DetectionLabeler({"checkpoint": ckpts[detector], "threshold": 0.5, "max_instances": 3})
     for m_all, m_conf in zip(everything.label_batch(inputs(images)), confident.label_batch(inputs(images))):
         all_inst = json.loads(m_all)["instances"]
-        assert len(all_inst) == 10  # one per query of the tiny DETR, none dropped at threshold 0
+        assert len(all_inst) == 10  # one per query of the tiny detector, none dropped at threshold 0
         scores = [d["score"] for d in all_inst]
         assert scores == sorted(scores, reverse=True)
         for d in all_inst:
