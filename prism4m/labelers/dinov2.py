@@ -9,7 +9,9 @@ Output: float16 npy (allow_pickle=False), shape (1 + h*w, C) with h = w = input_
 (224 / 14 → 16×16 → 257 rows, C = 768 for dinov2-base). Row 0 is the CLS token and rows 1..
 the patch tokens in row-major order (row 1 + i*w + j is patch (i, j)), all taken from
 `last_hidden_state`, i.e. after the final LayerNorm (DINOv2's `x_norm_clstoken` /
-`x_norm_patchtokens`). Same layout as the clip labeler.
+`x_norm_patchtokens`); `arr[1:].reshape(h, w, C)` is the feature map, and patch (i, j) covers
+rgb rows `top + i*s/h … top + (i+1)*s/h` and the matching columns. Same layout as the clip
+labeler. 4M's `tok_dinov2@224` tokenizer reads the patch map, `tok_dinov2_global` the CLS row.
 """
 
 from __future__ import annotations
