@@ -38,6 +38,19 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
     return out
 
 
+def parse_key_values(items: list[str]) -> dict:
+    """`key=value` pairs → dict; values parsed as YAML scalars (numbers, booleans, lists)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            _fail(f"--set {item!r}: expected KEY=VALUE, e.g. max_seconds=60")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def _print_failures(kind: str, failures: list[dict]) -> None:
     for f in failures:
         unit = f["unit"]
@@ -179,6 +192,84 @@ def estimate(
                                                 speedup=speedup)))
     except ValueError as exc:
         _fail(str(exc))
+
+
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Train and inspect tokenizers.")
+app.add_typer(tokenizer_app, name="tokenizer")
+tokens_app = typer.Typer(no_args_is_help=True, help="List and select kept token versions.")
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    root: str = typer.Argument(..., help="dataset root with the modality labelled"),
+    modality: str = typer.Option(..., "--modality", "-m",
+                                 help="rgb, depth, normal, canny_edge, sam_edge, semseg_coco, clip, dinov2, "
+                                      "clip_global, dinov2_global or text"),
+    out: str = typer.Option(..., "--out", "-o", help="tokenizer directory to write (resumed if it exists)"),
+    settings: list[str] = typer.Option([], "--set", "-s", help="TrainConfig KEY=VALUE, e.g. max_seconds=60 size=tiny"),
+    quiet: bool = QUIET,
+) -> None:
+    """Train a tokenizer on a root's labels; periodic checkpoints, resumable; metrics in its card."""
+    from prism4m.tokenizers import train_tokenizer
+
+    card = train_tokenizer(root, modality, out, parse_key_values(settings), progress=not quiet)
+    metrics = getattr(card, "metrics", {}) or {}
+    typer.echo(f"tokenizer: {out} ({card.type}, vocab {card.vocab_size}); held-out: "
+               f"{json.dumps(metrics.get('held_out', metrics), default=str)[:400]}")
+
+
+@app.command()
+def tokenize(
+    root: str = typer.Argument(..., help="dataset root"),
+    tokenizer: list[str] = typer.Option(..., "--tokenizer", "-t", help="tokenizer directory (repeatable)"),
+    workers: Optional[int] = WORKERS,
+    force: bool = typer.Option(False, help="re-tokenize committed shards"),
+    batch_size: int = typer.Option(64, help="crops per encoder forward"),
+    ray_address: Optional[str] = RAY_ADDRESS,
+    quiet: bool = QUIET,
+) -> None:
+    """Crop × label → int16 tokens in tok_<mod>@<res>/ shards; a new tokenizer re-tokenizes, no relabeling."""
+    from prism4m.tokenizers import tokenize as _tokenize
+
+    summary = _tokenize(root, list(tokenizer), workers=workers, force=force, batch_size=batch_size,
+                        ray_address=ray_address, show_progress=not quiet)
+    typer.echo(f"tokenize: ran {summary.planned or 'nothing'}; up to date {summary.skipped or '-'}; "
+               f"stale re-tokenized {summary.stale or '-'} ({summary.wall_s:.1f}s)")
+    if not summary.ok:
+        _print_failures("tokenize", summary.failures)
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    root: str = typer.Argument(..., help="dataset root"),
+    fmt: str = typer.Option("parquet", "--format", help="export format (parquet)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="output directory (default ROOT/_export/parquet)"),
+) -> None:
+    """Write the aligned token dataset in another format (one Parquet row per sample)."""
+    if fmt != "parquet":
+        _fail(f"--format {fmt!r}: only 'parquet' is supported")
+    from prism4m.tokenizers import export_parquet
+
+    typer.echo(f"export: {json.dumps(export_parquet(root, out), default=str)[:600]}")
+
+
+@tokens_app.command("versions")
+def tokens_versions(root: str = typer.Argument(...)) -> None:
+    """Token folders and their kept versions (card hash, shards)."""
+    from prism4m.tokenizers import token_versions
+
+    typer.echo(json.dumps(token_versions(root), indent=2, default=str))
+
+
+@tokens_app.command("select")
+def tokens_select(root: str = typer.Argument(...), folder: str = typer.Argument(..., help="e.g. tok_rgb@224"),
+                  card_hash: str = typer.Argument(..., help="card hash (or its first 8 characters)")) -> None:
+    """Make a kept token version the one in the default folder ml-4m reads."""
+    from prism4m.tokenizers import select_token_version
+
+    typer.echo(f"selected {folder} {card_hash}: {select_token_version(root, folder, card_hash)} shards")
 
 
 @app.command()

@@ -39,6 +39,20 @@ class LabelStep(BaseModel):
     update_stale: bool = False
 
 
+class TokenizerStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    modality: str
+    out: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class TokenizeStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokenizers: list[str] | None = None   # default: every tokenizer trained in this job (not text)
+    workers: int | None = None
+    force: bool = False
+
+
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="allow")  # later steps (tokenize, train) add sections
     root: str
@@ -46,6 +60,12 @@ class JobSpec(BaseModel):
     storage_options: dict[str, Any] = Field(default_factory=dict)
     ingest: IngestStep | None = None
     label: LabelStep | None = None
+    tokenizers: list[TokenizerStep] = Field(default_factory=list)
+    tokenize: TokenizeStep | None = None
+
+
+def _local(base: Path, p: str) -> str:
+    return p if "://" in p or Path(p).is_absolute() else str((base / p).resolve())
 
 
 def load_job(path: str | Path) -> JobSpec:
@@ -56,11 +76,34 @@ def load_job(path: str | Path) -> JobSpec:
     # Relative local paths in a job file are relative to the file, not to the shell's cwd.
     if "://" not in spec.root and not Path(spec.root).is_absolute():
         spec.root = str((base / spec.root).resolve())
-    if spec.ingest and "://" not in spec.ingest.source and not Path(spec.ingest.source).is_absolute():
-        spec.ingest.source = str((base / spec.ingest.source).resolve())
+    if spec.ingest:
+        spec.ingest.source = _local(base, spec.ingest.source)
+    for t in spec.tokenizers:
+        t.out = _local(base, t.out)
+    if spec.tokenize and spec.tokenize.tokenizers:
+        spec.tokenize.tokenizers = [_local(base, p) for p in spec.tokenize.tokenizers]
     return spec
 
 
 def run_extra_steps(spec: JobSpec, show_progress: bool = True) -> bool:
-    """Steps after labelling (tokenizer training, tokenize, train); wired as they land."""
-    return True
+    """Steps after labelling: tokenizer training, then tokenize."""
+    ok = True
+    if spec.tokenizers:
+        from prism4m.tokenizers import train_tokenizer
+
+        for step in spec.tokenizers:
+            card = train_tokenizer(spec.root, step.modality, step.out, step.config, progress=show_progress)
+            held = (card.metrics or {}).get("held_out", {})
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in held.items() if not isinstance(v, (dict, list)))
+            print(f"tokenizer {step.modality}: {step.out} (vocab {card.vocab_size}); held-out {shown or '-'}")
+    if spec.tokenize:
+        from prism4m.tokenizers import tokenize
+
+        dirs = spec.tokenize.tokenizers or [t.out for t in spec.tokenizers if t.modality != "text"]
+        s = tokenize(spec.root, dirs, workers=spec.tokenize.workers, force=spec.tokenize.force,
+                     ray_address=spec.ray_address, storage_options=spec.storage_options or None,
+                     show_progress=show_progress)
+        print(f"tokenize: ran {s.planned or 'nothing'}; up to date {s.skipped or '-'}")
+        ok &= s.ok
+    return ok

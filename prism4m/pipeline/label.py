@@ -261,7 +261,7 @@ def label(root: str, modalities: list[str], configs: dict[str, dict] | None = No
     labelers = {name: make_labeler(name, configs.get(name)) for name in modalities}
     levels, summary = plan(store, labelers, force=force, update_stale=update_stale)
     if any(levels):
-        from prism4m.pipeline.ray_env import cluster_cpus, ensure_ray
+        from prism4m.pipeline.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 
         summary.ray_start_s = ensure_ray(ray_address)
         for level_units in levels:
@@ -272,7 +272,9 @@ def label(root: str, modalities: list[str], configs: dict[str, dict] | None = No
                 group = sorted({n for u in units for n in u.labelers})
                 res = [labelers[n].resources for n in group]
                 num_cpus = max(r.num_cpus for r in res)
-                num_gpus = min(1.0, sum(r.num_gpus for r in res))
+                # A GPU fraction on a cluster without GPUs would leave the actors pending forever:
+                # run on CPU there (the labeler's device falls back to cpu by itself).
+                num_gpus = min(1.0, sum(r.num_gpus for r in res)) if cluster_gpus() > 0 else 0.0
                 n_workers = workers or max(1, int(cluster_cpus() // max(num_cpus, 1e-3)))
                 specs = [(n, labelers[n].config.model_dump(mode="json")) for n in group]
                 prog = Progress(f"label {'+'.join(group)}", len(units), enabled=show_progress)

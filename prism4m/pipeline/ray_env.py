@@ -17,6 +17,9 @@ def set_loopback_env() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray runs workers at nice 15 by default; on a shared box that halves labeler throughput
+    # against the driver. Our workers are the job, so run them at normal priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> float:

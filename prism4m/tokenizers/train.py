@@ -297,8 +297,8 @@ def collect_texts(store: DatasetStore, shards: list[int] | None = None) -> list[
 def _train_text(store: DatasetStore, out_dir: str, cfg: TrainConfig) -> TokenizerCard:
     from prism4m.tokenizers.text import WordPieceTokenizer, train_wordpiece
 
-    ledger = store.ledger("caption") or store.ledger("det")
-    shards = sorted(ledger)
+    # Every sequence folder counts (a root may have palettes and metadata but no captions).
+    shards = sorted(set().union(*(store.ledger(f) for f in TEXT_FOLDERS)))
     held = shards[-1:] if len(shards) > 1 else []
     train = [s for s in shards if s not in held]
     chash = config_hash({"modality": "text", "root": store.url, "train": train, "vocab_size": cfg.vocab_size,
