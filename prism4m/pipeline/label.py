@@ -116,7 +116,9 @@ class LabelWorker:
                 "producer": lab.producer(),
                 "inputs": {f: _content_hash(ledger_records[f]) for f in read},
                 "model": self.provenance[name],
-                "random_weights": bool(self.provenance[name].get("random_weights", False)),
+                # Labels derived from random-weight labels are no more real than their inputs.
+                "random_weights": bool(self.provenance[name].get("random_weights", False)) or any(
+                    (ledger_records.get(f) or {}).get("random_weights", False) for f in read),
                 "device": self.devices[name],
                 "wall_s": round(time.perf_counter() - t1 + decode_s / len(unit.labelers), 4),
             }
