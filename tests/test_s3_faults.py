@@ -1,6 +1,6 @@
 """Object storage end to end: source and ROOT on a loopback S3 server that fails and stalls.
 
-ingest (s3:// source → s3:// root) and label run while the server answers a bounded
+ingest (s3:// source → s3:// root), label and tokenize run while the server answers a bounded
 number of requests with 503 (before doing them), 500 (after doing them) and stalls past
 the client's read timeout. The result must equal a local run of the same job: same
 shards, same keys in the same order, same bytes, nothing lost, nothing duplicated.
@@ -21,6 +21,8 @@ pytestmark = pytest.mark.timeout(300)
 MODALITIES = ["canny_edge", "color_palette", "metadata"]
 JOB = dict(shard_size=3, short_side=96, n_crops=2)
 VOLATILE = {"committed_at", "wall_s"}  # timing fields of ledger records
+TINY_TOKENIZER = {"input_size": 64, "steps": 2, "batch_size": 4, "codebook_size": 64, "max_train_crops": 32,
+                  "max_eval_crops": 8, "warmup_steps": 1}
 
 
 def _walk(fs, base: str) -> dict[str, bytes]:
@@ -83,11 +85,16 @@ def test_ingest_label_on_faulty_s3_equals_local(s3_server, ray_session, photo_co
     from prism4m.pipeline.label import label
     from prism4m.pipeline.store import DatasetStore
     from prism4m.labelers.testing import aligned_report
+    from prism4m.tokenizers import tokenize, train_tokenizer
 
     # Local reference run of the same job.
     local_root = str(tmp_path / "local")
     assert ingest(str(photo_corpus), local_root, show_progress=False, **JOB).ok
     assert label(local_root, MODALITIES, show_progress=False).ok
+    # A tiny canny_edge tokenizer (2 training steps: the point is the stage, not the tokens).
+    tok_dir = str(tmp_path / "tok_canny")
+    train_tokenizer(local_root, "canny_edge", tok_dir, TINY_TOKENIZER, progress=False)
+    assert not tokenize(local_root, [tok_dir], show_progress=False).failures
 
     s3_server.make_bucket("bkt")
     so = s3_server.storage_options(read_timeout=1.0)
@@ -100,6 +107,8 @@ def test_ingest_label_on_faulty_s3_equals_local(s3_server, ray_session, photo_co
     assert s.ok, s.failures
     lab = label("s3://bkt/ds", MODALITIES, storage_options=so, show_progress=False)
     assert lab.ok, lab.failures
+    tok = tokenize("s3://bkt/ds", [tok_dir], storage_options=so, show_progress=False)
+    assert not tok.failures, tok.failures
     s3_server.faults.set_plan(None)
 
     # Every kind of fault really happened (otherwise this test proves nothing).
@@ -108,7 +117,9 @@ def test_ingest_label_on_faulty_s3_equals_local(s3_server, ray_session, photo_co
 
     store = DatasetStore("s3://bkt/ds", so)
     folders = aligned_report(store)
-    assert set(folders) == {"rgb", "source", "crop_settings", *MODALITIES}
+    tok_folders = {f for f in folders if f.startswith("tok_")}
+    assert len(tok_folders) == 1, folders
+    assert set(folders) == {"rgb", "source", "crop_settings", *MODALITIES, *tok_folders}
     _compare_roots(_walk(fsspec.filesystem("file"), local_root), _walk(fs, "bkt/ds"))
 
     # A rerun on S3 finds everything committed: nothing is redone (or duplicated).
