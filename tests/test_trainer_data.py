@@ -13,7 +13,6 @@ from trainer_fixtures import make_text_tokenizer, token_modalities, write_token_
 
 from prism4m.trainer.data import (  # noqa: E402
     SampleDecoder,
-    ShardSource,
     TokenLoader,
     TokenShardDataset,
     discover_shards,

@@ -56,10 +56,6 @@ class ShardSource:
     kind: str = "tar"  # "tar" | "parquet"
 
 
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
-
-
 def _fs(root: str):
     return fsspec.core.url_to_fs(root)
 
@@ -361,7 +357,7 @@ class SampleDecoder:
             text = value
         else:
             text = serializer(value, crop, crop_row, rng)
-        if not text:
+        if text is None:  # nothing usable; an empty string still means "[EOS]" (e.g. no boxes)
             return None
         ids = self.text_tokenizer.encode(text).ids[: spec.num_tokens - 1] + [EOS_ID]
         return np.asarray(ids, dtype=np.int64)

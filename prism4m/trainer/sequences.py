@@ -53,7 +53,7 @@ def det_text(value: Any, crop_index: int, crop_row: np.ndarray | None, rng: np.r
         f"v0={round(x0 * q)} v1={round(y0 * q)} v2={round(x1 * q)} v3={round(y1 * q)} {name}"
         for x0, y0, x1, y1, name in boxes
     ]
-    return " ".join(parts) if parts else None
+    return " ".join(parts)  # no boxes is an answer too: the target is just [EOS]
 
 
 def color_palette_text(value: Any, crop_index: int, crop_row: np.ndarray | None, rng: np.random.Generator) -> str | None:
@@ -117,11 +117,29 @@ def metadata_text(value: Any, crop_index: int, crop_row: np.ndarray | None, rng:
     return " ".join(chunks[i] for i in order)
 
 
+def _tokenizer_stage_serializers() -> dict[str, Serializer]:
+    """The serializers the text tokenizer was trained with (prism4m.tokenizers), adapted to
+    this module's signature, so training text matches tokenizer-training text. The rgb image
+    size is not in the token shards, so boxes stay in full-image coordinates."""
+    try:
+        from prism4m.tokenizers import serializers as stage
+    except Exception:  # the tokenizers package is optional for the trainer
+        return {}
+    out: dict[str, Serializer] = {}
+    for name, fn in getattr(stage, "SERIALIZERS", {}).items():
+        if name == "caption":
+            out[name] = lambda v, ci, cr, rng, fn=fn: fn(v, cr, None, rng, crop_index=ci) or None
+        else:
+            out[name] = lambda v, ci, cr, rng, fn=fn: fn(v, cr, None, rng)
+    return out
+
+
 SERIALIZERS: dict[str, Serializer] = {
     "caption": caption_text,
     "det": det_text,
     "color_palette": color_palette_text,
     "metadata": metadata_text,
+    **_tokenizer_stage_serializers(),
 }
 
 

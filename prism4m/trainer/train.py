@@ -450,25 +450,37 @@ def _relative_to(base: str, value: str | None) -> str | None:
     return os.path.normpath(os.path.join(base, value))
 
 
-def load_config(path: str) -> TrainConfig:
-    """Read a YAML config (optionally under a ``train:`` key of a job spec).
+def config_from_dict(raw: Mapping[str, Any], base_dir: str | None = None, default_root: str | None = None) -> TrainConfig:
+    """A TrainConfig from a mapping such as a job spec's ``train:`` section.
 
     Relative local paths (data.root, data.eval_root, data.text_tokenizer, out_dir,
-    resume_from) are taken relative to the YAML file, like the job specs in jobs/.
+    resume_from) are resolved against ``base_dir``; ``default_root`` fills a missing
+    data.root (a job spec's dataset root).
     """
-    with fsspec.open(path, "r") as f:
-        raw = yaml.safe_load(f)
-    raw = dict(raw.get("train", raw))
-    if "://" not in path:
-        base = os.path.dirname(os.path.abspath(path))
-        data = dict(raw.get("data", {}))
+    raw = dict(raw)
+    data = dict(raw.get("data", {}))
+    if default_root is not None:
+        data.setdefault("root", default_root)
+    if base_dir is not None:
         for key in ("root", "eval_root", "text_tokenizer"):
-            data[key] = _relative_to(base, data.get(key))
-        raw["data"] = {k: v for k, v in data.items() if v is not None or k == "root"}
+            if data.get(key) is not None:
+                data[key] = _relative_to(base_dir, data[key])
         for key in ("out_dir", "resume_from"):
             if raw.get(key):
-                raw[key] = _relative_to(base, raw[key])
+                raw[key] = _relative_to(base_dir, raw[key])
+    raw["data"] = data
     return TrainConfig.model_validate(raw)
+
+
+def load_config(path: str) -> TrainConfig:
+    """Read a YAML config: a TrainConfig, or a job spec with a ``train:`` section (whose
+    top-level ``root`` is the default dataset). Relative paths are relative to the file."""
+    with fsspec.open(path, "r") as f:
+        raw = yaml.safe_load(f)
+    section = raw.get("train", raw)
+    default_root = raw.get("root") if "train" in raw else None
+    base_dir = None if "://" in path else os.path.dirname(os.path.abspath(path))
+    return config_from_dict(section, base_dir, default_root)
 
 
 def main(config_path: str) -> int:
