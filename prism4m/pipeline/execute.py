@@ -142,16 +142,23 @@ def run_units(
             return None
 
         def fill() -> None:
-            for a in range(n_actors):
-                while pending and load[a] < inflight_per_worker:
+            # Round robin, one slot per actor per pass: 2 units on 2 actors run in parallel
+            # (filling actor 0's whole queue first left actor 1 idle).
+            placed = True
+            while pending and placed:
+                placed = False
+                for a in range(n_actors):
+                    if not pending or load[a] >= inflight_per_worker:
+                        continue
                     item = take(a)
                     if item is None:
-                        break
+                        continue
                     idx, unit = item
                     fut = actors[a].process.remote(unit)
                     inflight[fut] = (idx, unit, a, actors[a])
                     load[a] += 1
                     solo[a] = idx in suspects
+                    placed = True
 
         def fail(idx: int, unit: Any, reason: str, msg: str) -> None:
             report.failures.append({"unit": unit, "reason": reason, "message": msg})
