@@ -7,7 +7,6 @@ timed sections and reported as `ray_start_s`. Sizes shrink with PRISM4M_BENCH_SC
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess

@@ -31,23 +31,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from labeler_throughput import PHOTOS, measure_labeler, photos  # noqa: E402
+
 BATCH = 8
 N_IMAGES = 32
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "cat", "motorcycle_left")
 N_OVERHEAD = 200
 REPEATS = 2
 CPU = {"device": "cpu", "num_gpus": 0, "batch_size": BATCH}
-
-
-def photos(n: int) -> list:
-    import numpy as np
-    from skimage import data as skdata
-
-    imgs = []
-    for name in PHOTOS:
-        img = skdata.stereo_motorcycle()[0] if name == "motorcycle_left" else getattr(skdata, name)()
-        imgs.append(np.ascontiguousarray(img[..., :3], dtype=np.uint8))
-    return [imgs[i % len(imgs)] for i in range(n)]
 
 
 def checkpoints(workdir: Path) -> dict[str, dict]:
@@ -65,24 +56,6 @@ def checkpoints(workdir: Path) -> dict[str, dict]:
 
 
 # ----------------------------------------------------------------------------- subprocess bodies
-def child_throughput(name: str, config: dict) -> dict:
-    import resource
-
-    from prism4m.labelers.base import LabelInput
-    from prism4m.labelers.registry import make_labeler
-
-    lab = make_labeler(name, {**config, **CPU})
-    lab.ensure_setup()
-    samples = [LabelInput(f"k{i}", img) for i, img in enumerate(photos(N_IMAGES))]
-    lab.label_batch(samples[:BATCH])  # warm-up: first-call allocations, lazy imports
-    t0 = time.perf_counter()
-    for i in range(0, len(samples), BATCH):
-        lab.label_batch(samples[i:i + BATCH])
-    wall = time.perf_counter() - t0
-    return {f"label_{name}_img_per_s": round(len(samples) / wall, 2),
-            f"label_{name}_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-
-
 def local_ray() -> None:
     """A private local Ray: address="local" never joins another session's cluster on this machine
     (plain ray.init() does, when one was started with `ray start` or ray.cluster_utils)."""
@@ -161,7 +134,7 @@ def generated_corpus(directory: Path, n: int) -> Path:
 
     rng = np.random.default_rng(0)
     directory.mkdir(parents=True, exist_ok=True)
-    base = photos(len(PHOTOS))
+    base = photos(len(PHOTOS))  # the shared photo set
     for i in range(n):
         img = base[i % len(base)]
         h, w = img.shape[:2]
@@ -202,7 +175,7 @@ def run(workdir: str) -> dict:
     configs = checkpoints(w)
     out: dict = {}
     for name, cfg in configs.items():
-        out.update(_sub("throughput", name, json.dumps(cfg)))
+        out.update(measure_labeler(name, {**cfg, **CPU}, N_IMAGES, BATCH))
     out.update(overhead(w, configs["depth"]))
     return out
 
@@ -210,8 +183,7 @@ def run(workdir: str) -> dict:
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "--child":
         kind, args = sys.argv[2], sys.argv[3:]
-        body = {"throughput": lambda: child_throughput(args[0], json.loads(args[1])),
-                "pipeline": lambda: child_pipeline(args[0], json.loads(args[1])),
+        body = {"pipeline": lambda: child_pipeline(args[0], json.loads(args[1])),
                 "bare": lambda: child_bare(args[0], args[1], json.loads(args[2]))}[kind]
         print(json.dumps(body()))
     elif len(sys.argv) >= 2:
