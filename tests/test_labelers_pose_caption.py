@@ -227,7 +227,9 @@ def test_label_stage_runs_metadata_after_poses_and_captions(fresh_photo_root, po
         for folder, ms in members.items():
             assert [m.key for m in ms] == keys
             record = store.ledger(folder)[shard]
-            assert record["random_weights"] is (folder != "metadata")
+            # metadata has no model, but it counts random-weight poses/captions: flagged too
+            assert record["random_weights"] is True
+            assert record["model"]["random_weights"] is (folder != "metadata")
         for pose, cap, meta in zip(members["human_poses"], members["caption"], members["metadata"]):
             fields = json.loads(meta.data)
             assert fields["n_humans"] == len(json.loads(pose.data)["persons"]) == 2

@@ -213,8 +213,9 @@ def test_label_stage_sam_and_clip(fresh_photo_root, sam_dir, tmp_path):
         assert sorted(ledger) == sorted(rgb)
         for shard, rec in ledger.items():
             assert not rec.get("invalid")
-            random = rec["producer"].get("random_weights", rec.get("random_weights"))
-            assert random is (folder != "sam_edge")
+            # sam_edge has no model, but its input instances are random: flagged too
+            assert rec["random_weights"] is True
+            assert rec["model"]["random_weights"] is (folder != "sam_edge")
             if folder != "sam_edge":
                 assert rec["model"]["weights_sha256"]
             rgb_members = store.read_shard("rgb", shard)
