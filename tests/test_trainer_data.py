@@ -230,3 +230,17 @@ def test_tar_reader_refuses_member_paths(tmp_path):
         tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(ValueError, match="refusing member name"):
         list(iter_tar_members(str(path)))
+
+
+def test_unigram_baseline_matches_the_generated_distribution(tmp_path):
+    from prism4m.trainer.data import cross_entropy_of_counts, entropy_of_counts, unigram_counts
+
+    # tok_a draws uniformly from 4 ids in each of 8 classes: 32 equally likely ids.
+    root = str(tmp_path)
+    write_token_root(root, n_shards=2, per_shard=200, n_crops=1)
+    _, sources, decoder, *_ = components(root)
+    train, held_out = unigram_counts(sources[:1], decoder), unigram_counts(sources[1:], decoder)
+    assert abs(entropy_of_counts(train["tok_a@32"]) - np.log(32)) < 0.05
+    assert int(train["tok_a@32"].sum()) == 200 * 16
+    ce = cross_entropy_of_counts(held_out["tok_a@32"], train["tok_a@32"])
+    assert entropy_of_counts(held_out["tok_a@32"]) <= ce < np.log(32) + 0.1

@@ -333,9 +333,10 @@ def ingest(source: str, root: str, config: IngestConfig | dict | None = None, *,
                            on_failure=lambda u, reason, msg: [store.record_failure(f, u.shard, reason, msg)
                                                               for f in folders])
         summary.reports.append(report)
-    from prism4m.pipeline.manifest import update_manifest
+    if units or new_files or not store.exists(store.p("prism4m.json")):
+        from prism4m.pipeline.manifest import update_manifest
 
-    update_manifest(store, ingest={"source": source, "config": cfg.model_dump(mode="json")})
+        update_manifest(store, ingest={"source": source, "config": cfg.model_dump(mode="json")})
     summary.wall_s = time.perf_counter() - t0
     return summary
 

@@ -288,8 +288,9 @@ def label(root: str, modalities: list[str], configs: dict[str, dict] | None = No
                 summary.reports.append(run_units(
                     units, LabelWorker, (store, specs), workers=n_workers, num_cpus=num_cpus,
                     num_gpus=num_gpus, max_retries=max_retries, progress=prog, on_failure=on_failure))
-    from prism4m.pipeline.manifest import update_manifest
+    if any(levels):  # a no-op rerun leaves the manifest as it is (and stays fast)
+        from prism4m.pipeline.manifest import update_manifest
 
-    update_manifest(store)
+        update_manifest(store)
     summary.wall_s = time.perf_counter() - t0
     return summary

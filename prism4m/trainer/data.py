@@ -551,14 +551,11 @@ def peek_num_tokens(sources: Sequence[ShardSource], folder: str) -> int | None:
     return None
 
 
-def unigram_entropy(
+def unigram_counts(
     sources: Sequence[ShardSource], decoder: SampleDecoder, max_samples: int | None = None
-) -> dict[str, float]:
-    """Entropy (nats) of each modality's token-id frequency distribution in ``sources``.
-
-    Counts every crop row of token modalities and the tokenized text of sequences: the loss
-    a model that ignores its inputs and predicts the marginal distribution would reach.
-    """
+) -> dict[str, np.ndarray]:
+    """Token-id counts per modality: every crop row of token modalities, the tokenized text
+    (EOS included) of sequences."""
     counts: dict[str, np.ndarray] = {n: np.zeros(s.vocab_size, dtype=np.int64) for n, s in decoder.registry.items()}
     rng = np.random.default_rng(0)
     seen = 0
@@ -579,12 +576,26 @@ def unigram_entropy(
                 counts[name] += np.bincount(ids, minlength=spec.vocab_size)[: spec.vocab_size]
             seen += 1
             if max_samples and seen >= max_samples:
-                break
-        if max_samples and seen >= max_samples:
-            break
-    entropy = {}
-    for name, c in counts.items():
-        p = c[c > 0] / max(c.sum(), 1)
-        entropy[name] = float(-(p * np.log(p)).sum())
-    return entropy
+                return counts
+    return counts
 
+
+def entropy_of_counts(counts: np.ndarray) -> float:
+    """Entropy (nats) of the frequency distribution ``counts``."""
+    p = counts[counts > 0] / max(counts.sum(), 1)
+    return float(-(p * np.log(p)).sum())
+
+
+def cross_entropy_of_counts(eval_counts: np.ndarray, train_counts: np.ndarray, smoothing: float = 1.0) -> float:
+    """Mean -log p_train(token) over ``eval_counts``, with add-``smoothing`` p_train: what
+    predicting the training unigram costs on other data (ids unseen in training included)."""
+    p = (train_counts + smoothing) / (train_counts.sum() + smoothing * len(train_counts))
+    return float(-(eval_counts * np.log(p)).sum() / max(eval_counts.sum(), 1))
+
+
+def unigram_entropy(
+    sources: Sequence[ShardSource], decoder: SampleDecoder, max_samples: int | None = None
+) -> dict[str, float]:
+    """Entropy (nats) of each modality's token-id frequency distribution in ``sources``:
+    the loss of a model that ignores its inputs and predicts the marginal distribution."""
+    return {name: entropy_of_counts(c) for name, c in unigram_counts(sources, decoder, max_samples).items()}

@@ -31,8 +31,10 @@ from .data import (
     TokenShardDataset,
     discover_shards,
     load_text_tokenizer,
+    cross_entropy_of_counts,
+    entropy_of_counts,
     peek_num_tokens,
-    unigram_entropy,
+    unigram_counts,
 )
 from .masking import MIXTURES, AlphaComponent, UnifiedMasker
 from .modalities import ModalitySpec, build_registry, with_overrides
@@ -257,29 +259,46 @@ def evaluate(model: FourM, setup: Setup, device: torch.device) -> dict[str, floa
     return {m: sums[m] / counts[m] for m in setup.names if counts[m]}
 
 
-def baseline_table(val_losses: Mapping[str, float], entropies: Mapping[str, float]) -> list[dict[str, Any]]:
-    return [
-        {
+def baseline_table(
+    val_losses: Mapping[str, float], entropies: Mapping[str, float], val_unigram_ce: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
+    rows = []
+    for m in val_losses:
+        row = {
             "modality": m,
             "val_loss": val_losses[m],
             "unigram_entropy": entropies[m],
             "beats_baseline": val_losses[m] < entropies[m],
         }
-        for m in val_losses
-    ]
+        if val_unigram_ce is not None:
+            row["train_unigram_ce_on_val"] = val_unigram_ce[m]
+        rows.append(row)
+    return rows
 
 
 def validation_vs_baseline(model: FourM, setup: Setup, device: torch.device) -> list[dict[str, Any]]:
-    """Per target modality: validation loss and the unigram entropy of the training shards."""
-    entropies = unigram_entropy(setup.train_sources, setup.decoder(False), setup.cfg.data.baseline_max_samples)
-    return baseline_table(evaluate(model, setup, device), entropies)
+    """Per target modality: validation loss beside the unigram entropy of the training
+    shards (the baseline to beat) and, for context, the cross-entropy of that training
+    unigram on the validation tokens (higher when validation uses ids rare in training)."""
+    decoder = setup.decoder(False)
+    limit = setup.cfg.data.baseline_max_samples
+    train_counts = unigram_counts(setup.train_sources, decoder, limit)
+    val_counts = unigram_counts(setup.eval_sources, decoder, limit)
+    entropies = {m: entropy_of_counts(c) for m, c in train_counts.items()}
+    val_ce = {m: cross_entropy_of_counts(val_counts[m], train_counts[m]) for m in train_counts}
+    return baseline_table(evaluate(model, setup, device), entropies, val_ce)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'modality':<24} {'val loss':>9} {'unigram H':>10}  beats", "-" * 52]
+    lines = [
+        f"{'modality':<24} {'val loss':>9} {'unigram H':>10}  beats  {'train-unigram CE on val':>23}",
+        "-" * 76,
+    ]
     for r in rows:
+        ce = r.get("train_unigram_ce_on_val")
         lines.append(
-            f"{r['modality']:<24} {r['val_loss']:>9.3f} {r['unigram_entropy']:>10.3f}  {'yes' if r['beats_baseline'] else 'NO'}"
+            f"{r['modality']:<24} {r['val_loss']:>9.3f} {r['unigram_entropy']:>10.3f}  "
+            f"{'yes' if r['beats_baseline'] else 'NO ':<5}  {'' if ce is None else f'{ce:>23.3f}'}"
         )
     return "\n".join(lines)
 
