@@ -182,3 +182,12 @@ def test_job_spec_paths_resolve_relative_to_the_file(tmp_path):
     assert cfg.data.root == str(tmp_path / "out" / "dataset")
     assert cfg.data.text_tokenizer == str(tmp_path / "jobs" / "tok")
     assert cfg.out_dir == str(tmp_path / "jobs" / "runs" / "x")
+
+
+def test_baseline_choice_decides_what_beats_means():
+    from prism4m.trainer.train import baseline_table
+
+    rows = baseline_table({"caption": 3.0}, {"caption": 2.5}, {"caption": 4.0})
+    assert rows[0]["beats_baseline"] is False  # default bar: training unigram entropy
+    rows = baseline_table({"caption": 3.0}, {"caption": 2.5}, {"caption": 4.0}, "train_unigram_ce_on_val")
+    assert rows[0]["beats_baseline"] is True
