@@ -44,6 +44,9 @@ def bare_label_loop(root: str, out_dir: Path) -> float:
     from prism4m.pipeline.label import decode_rgb
     from prism4m.pipeline.store import DatasetStore, Member, build_tar
 
+    import cv2
+
+    cv2.setNumThreads(1)  # what a 1-CPU label actor gets (ray_env.limit_threads_to_assigned_cpus)
     store = DatasetStore(root)
     labelers = [make_labeler(n) for n in CHEAP]
     t0 = time.perf_counter()

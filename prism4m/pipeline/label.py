@@ -86,6 +86,9 @@ class LabelWorker:
     def ready(self) -> bool:
         for lab in self.labelers.values():
             lab.ensure_setup()  # MissingWeightsError surfaces here, before any shard
+        from prism4m.pipeline.ray_env import limit_threads_to_assigned_cpus
+
+        limit_threads_to_assigned_cpus()  # after setup: a labeler may have imported torch
         # Provenance hashes weight files: once per actor, not once per shard.
         self.provenance = {name: lab.model_provenance() for name, lab in self.labelers.items()}
         self.devices = {name: _device_name(lab.device) for name, lab in self.labelers.items()}

@@ -51,3 +51,30 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0))
+
+
+def limit_threads_to_assigned_cpus() -> int:
+    """Inside a Ray actor: use as many intra-op threads as CPUs the actor was given.
+
+    OpenCV ignores OMP_NUM_THREADS and starts one thread per core in every process, so two
+    1-CPU actors on a 2-core box would run four busy threads and slow each other down.
+    """
+    n = 1
+    try:
+        import ray
+
+        if ray.is_initialized():
+            n = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    except Exception:  # noqa: BLE001 - outside an actor: leave the defaults alone
+        return 0
+    import cv2
+
+    cv2.setNumThreads(n)
+    try:
+        import sys
+
+        if "torch" in sys.modules:  # only if a labeler already needs it: importing torch is slow
+            sys.modules["torch"].set_num_threads(n)
+    except Exception:  # noqa: BLE001
+        pass
+    return n
