@@ -28,7 +28,7 @@ from prism4m.pipeline.crops import crop_settings
 from prism4m.pipeline.execute import run_units
 from prism4m.pipeline.images import BadImage, normalize_image
 from prism4m.pipeline.progress import Progress
-from prism4m.pipeline.sources import SourceFile, iter_items, list_source
+from prism4m.pipeline.sources import SourceFile, UnsafeSource, iter_items, list_source
 from prism4m.pipeline.summary import StageSummary
 from prism4m.pipeline.store import DatasetStore, Member, producer_hash
 
@@ -72,6 +72,7 @@ class PlannedItem:
     duplicate_of: str | None = None
     caption: str | None = None
     member: str | None = None
+    duplicates: list[str] = field(default_factory=list)  # source ids with the same bytes
 
 
 @dataclass
@@ -114,6 +115,8 @@ class ScanWorker:
                     items.append({"source_id": it.source_id, "file": asdict(f), "member": it.member,
                                   "sha256": hashlib.sha256(it.data).hexdigest(), "nbytes": len(it.data),
                                   "caption": it.caption})
+            except UnsafeSource as exc:  # absolute/'..' members, links: refused whole
+                errors.append({"source": f.uri, "reason": "unsafe", "message": str(exc)})
             except ValueError as exc:  # unreadable tar / Parquet without image column
                 errors.append({"source": f.uri, "reason": "undecodable", "message": str(exc)})
             except OSError as exc:
@@ -124,8 +127,7 @@ class ScanWorker:
 # ---------------------------------------------------------------------- ingest (Ray)
 @dataclass(frozen=True)
 class IngestUnit:
-    shard: int
-    items: tuple[dict, ...]  # PlannedItem dicts, in sample order
+    shard: int  # the worker reads this shard's rows from the saved plan (the driver ships no items)
 
 
 class IngestWorker:
@@ -141,28 +143,30 @@ class IngestWorker:
     def process(self, unit: IngestUnit) -> dict:
         t0 = time.perf_counter()
         cfg = self.cfg
+        items = _load_plan_shard(self.store, unit.shard)
         by_file: dict[str, list[dict]] = defaultdict(list)
-        for it in unit.items:
+        for it in items:
             by_file[it["file_uri"]].append(it)
         raw: dict[str, tuple[bytes, str | None]] = {}
         errors: list[dict] = []
-        for items in by_file.values():
-            first = items[0]
+        for file_items in by_file.values():
+            first = file_items[0]
             f = SourceFile(first["file_uri"], first["file_rel"], first["kind"], first["caption_uri"])
-            want = {it["source_id"] for it in items}
+            want = {it["source_id"] for it in file_items}
             try:
                 for r in iter_items(f, self.so, want):
                     raw[r.source_id] = (r.data, r.caption)
             except (ValueError, OSError) as exc:
-                for it in items:
+                for it in file_items:
                     errors.append({"key": it["key"], "source": it["source_id"], "reason": "unreadable",
                                    "message": str(exc)})
         outputs: dict[str, list[Member]] = {f: [] for f in INGEST_FOLDERS}
         if self.has_captions:
             outputs["caption"] = []
-        for it in unit.items:
+        failed_keys = {e["key"] for e in errors}
+        for it in items:
             if it["source_id"] not in raw:
-                if not any(e["key"] == it["key"] for e in errors):
+                if it["key"] not in failed_keys:
                     errors.append({"key": it["key"], "source": it["source_id"], "reason": "unreadable",
                                    "message": f"{it['source_id']}: item vanished from the source"})
                 continue
@@ -226,8 +230,17 @@ def _save_plan(store: DatasetStore, plan: list[PlannedItem]) -> None:
 
     table = pa.Table.from_pylist([asdict(p) for p in plan])
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    # Shards grow along the rows, so small row groups let a worker read just its own shard.
+    pq.write_table(table, buf, row_group_size=2048)
     store.write_bytes_atomic(store.p(PLAN_PATH), buf.getvalue())
+
+
+def _load_plan_shard(store: DatasetStore, shard: int) -> list[dict]:
+    """The plan rows of one shard, in sample order (row-group statistics skip the rest)."""
+    import pyarrow.parquet as pq
+
+    with store.fs.open(store.p(PLAN_PATH), "rb") as fh:
+        return pq.read_table(fh, filters=[("shard", "==", shard)]).to_pylist()
 
 
 def _append_scan_errors(store: DatasetStore, lines: list[dict]) -> None:
@@ -294,6 +307,9 @@ def ingest(source: str, root: str, config: IngestConfig | dict | None = None, *,
                 scan_errors.append({"source": f.uri, "reason": "unreadable", "message": fail["message"]})
         plan.extend(_plan_new_items(plan, scanned, cfg, scan_errors))
         summary.new_items = len(scanned)
+        del scanned
+        for r in report.results:  # the plan holds the items now; keep only counts
+            r["items"] = len(r["items"])
         _save_plan(store, plan)
     _append_scan_errors(store, scan_errors)
     for e in scan_errors:
@@ -302,26 +318,18 @@ def ingest(source: str, root: str, config: IngestConfig | dict | None = None, *,
     summary.samples_planned = sum(1 for p in plan if p.shard >= 0)
 
     has_captions = any(p.caption for p in plan)
-    shards: dict[int, list[PlannedItem]] = defaultdict(list)
-    for p in plan:
-        if p.shard >= 0:
-            shards[p.shard].append(p)
-    dup_of: dict[str, list[str]] = defaultdict(list)
-    for p in plan:
-        if p.duplicate_of:
-            dup_of[p.duplicate_of].append(p.source_id)
+    shards = sorted({p.shard for p in plan if p.shard >= 0})
     current = producer_hash(ingest_producer(cfg))
     folders = INGEST_FOLDERS + (("caption",) if has_captions else ())
     ledgers = {f: store.ledger(f) for f in folders}
     units = []
-    for s in sorted(shards):
+    for s in shards:
         done = all(ledgers[f].get(s, {}).get("producer_hash") == current for f in folders if f != "caption") and \
             (not has_captions or s in ledgers["caption"])
         if done and not force:
             summary.skipped_shards += 1
             continue
-        items = tuple({**asdict(p), "duplicates": dup_of.get(p.key, [])} for p in shards[s])
-        units.append(IngestUnit(s, items))
+        units.append(IngestUnit(s))
     if units:
         ray_up()
         from prism4m.pipeline.ray_env import cluster_cpus
@@ -344,7 +352,7 @@ def ingest(source: str, root: str, config: IngestConfig | dict | None = None, *,
 def _plan_new_items(plan: list[PlannedItem], scanned: list[dict], cfg: IngestConfig,
                     scan_errors: list[dict]) -> list[PlannedItem]:
     """Keys, duplicates and shards for newly scanned items, appended after the existing plan."""
-    by_hash = {p.sha256: p.key for p in plan if p.shard >= 0}
+    by_hash = {p.sha256: p for p in plan if p.shard >= 0}
     keys = {p.key for p in plan}
     # New items always start a new shard: committed shards are never reopened.
     next_shard = max((p.shard for p in plan), default=-1) + 1
@@ -356,16 +364,18 @@ def _plan_new_items(plan: list[PlannedItem], scanned: list[dict], cfg: IngestCon
         while key in keys:  # astronomically rare; keep keys unique anyway
             key = make_key(it["source_id"] + "#" + key)
         keys.add(key)
-        dup = by_hash.get(it["sha256"]) if cfg.dedup and it["nbytes"] > 0 else None
+        original = by_hash.get(it["sha256"]) if cfg.dedup and it["nbytes"] > 0 else None
+        dup = original.key if original is not None else None
         item = PlannedItem(source_id=it["source_id"], file_uri=f["uri"], file_rel=f["rel"], kind=f["kind"],
                            caption_uri=f["caption_uri"], sha256=it["sha256"], nbytes=it["nbytes"], key=key,
                            shard=-1, duplicate_of=dup, caption=it["caption"], member=it["member"])
-        if dup is not None:
+        if original is not None:
+            original.duplicates.append(it["source_id"])
             scan_errors.append({"source": it["source_id"], "reason": "duplicate", "key": key,
                                 "duplicate_of": dup, "message": f"{it['source_id']}: same bytes as sample {dup}"})
         else:
             if it["nbytes"] > 0:
-                by_hash[it["sha256"]] = key
+                by_hash[it["sha256"]] = item
             item.shard = next_shard
             fill += 1
             if fill == cfg.shard_size:

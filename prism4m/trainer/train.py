@@ -310,7 +310,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 # -- checkpoints ----------------------------------------------------------------------------
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # Only tensors, ints and tuples, so checkpoints load with torch.load(weights_only=True).
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -318,7 +321,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -336,7 +340,7 @@ def save_checkpoint(path: str, **state: Any) -> None:
 
 def load_checkpoint(path: str) -> dict[str, Any]:
     with fsspec.open(path, "rb") as f:
-        return torch.load(f, map_location="cpu", weights_only=False)
+        return torch.load(f, map_location="cpu", weights_only=True)
 
 
 def _exists(path: str) -> bool:
