@@ -29,7 +29,8 @@ demo: setup
 	@rm -rf $(DEMO_DIR)
 	$(PY) -m prism4m.demo $(DEMO_DIR)/corpus
 	$(VENV)/bin/prism4m run jobs/demo.yaml
-	$(VENV)/bin/prism4m report $(DEMO_DIR)/dataset -o $(DEMO_DIR)/report -n 8
+	$(VENV)/bin/prism4m train jobs/train-tiny.yaml
+	$(VENV)/bin/prism4m report $(DEMO_DIR)/dataset -o $(DEMO_DIR)/report -n 8 -t $(DEMO_DIR)/tokenizers/rgb -t $(DEMO_DIR)/tokenizers/canny_edge
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
 test: setup browser

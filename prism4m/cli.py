@@ -17,6 +17,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster address ('auto' on a cluster); default: local Ray")
 WORKERS = typer.Option(None, "--workers", "-w", help="actors per stage (default: as many as the cluster fits)")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress lines")
+STORAGE = typer.Option(None, "--storage-options", help='fsspec options of ROOT as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'')
+RETRIES = typer.Option(2, "--max-retries", help="attempts after the first for a failed or lost unit")
+
+
+def _json_opt(text: Optional[str], name: str) -> Optional[dict]:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        _fail(f"{name}: not valid JSON ({exc})")
+    if not isinstance(value, dict):
+        _fail(f"{name}: expected a JSON object")
+    return value
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -73,13 +87,18 @@ def ingest(
     workers: Optional[int] = WORKERS,
     force: bool = typer.Option(False, help="recompute committed shards"),
     ray_address: Optional[str] = RAY_ADDRESS,
+    storage_options: Optional[str] = STORAGE,
+    source_options: Optional[str] = typer.Option(None, "--source-options", help="fsspec options of SRC as JSON"),
+    max_retries: int = RETRIES,
     quiet: bool = QUIET,
 ) -> None:
     """Ingest a corpus into keyed rgb/, source/ and crop_settings/ shards."""
     from prism4m import api
 
     summary = api.ingest(source, root, workers=workers, force=force, ray_address=ray_address,
-                         show_progress=not quiet, shard_size=shard_size, short_side=short_side,
+                         storage_options=_json_opt(storage_options, "--storage-options"),
+                         source_options=_json_opt(source_options, "--source-options"),
+                         max_retries=max_retries, show_progress=not quiet, shard_size=shard_size, short_side=short_side,
                          jpeg_quality=jpeg_quality, n_crops=n_crops, seed=seed, max_pixels=max_pixels,
                          min_side=min_side, dedup=not no_dedup)
     refused = sum(v for k, v in summary.scan_errors.items() if k != "duplicate")
@@ -107,6 +126,8 @@ def label(
     force: bool = typer.Option(False, help="recompute every shard"),
     update_stale: bool = typer.Option(False, "--update-stale", help="recompute shards whose config or inputs changed"),
     ray_address: Optional[str] = RAY_ADDRESS,
+    storage_options: Optional[str] = STORAGE,
+    max_retries: int = RETRIES,
     quiet: bool = QUIET,
 ) -> None:
     """Run pseudo-labelers as Ray actors over every committed rgb shard."""
@@ -123,7 +144,8 @@ def label(
     mods = [m.strip() for m in modalities.split(",") if m.strip()]
     try:
         summary = api.label(root, mods, configs, workers=workers, force=force, update_stale=update_stale,
-                            ray_address=ray_address, show_progress=not quiet)
+                            ray_address=ray_address, show_progress=not quiet, max_retries=max_retries,
+                            storage_options=_json_opt(storage_options, "--storage-options"))
     except (api.PlanError, api.WorkerStartupError, KeyError, ValueError) as exc:
         _fail(str(exc).strip("'\""))
     planned = ", ".join(f"{k}={v}" for k, v in sorted(summary.planned.items())) or "nothing to do"
@@ -143,11 +165,12 @@ def label(
 def status(
     root: str = typer.Argument(..., help="dataset root (local or s3://…)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    storage_options: Optional[str] = STORAGE,
 ) -> None:
     """Folder × {committed, stale, missing, failed} shards, samples, errors by reason."""
     from prism4m import api
 
-    st = api.status(root)
+    st = api.status(root, _json_opt(storage_options, "--storage-options"))
     if as_json:
         from dataclasses import asdict
 
@@ -270,6 +293,16 @@ def tokens_select(root: str = typer.Argument(...), folder: str = typer.Argument(
     from prism4m.tokenizers import select_token_version
 
     typer.echo(f"selected {folder} {card_hash}: {select_token_version(root, folder, card_hash)} shards")
+
+
+@app.command()
+def train(config: str = typer.Argument(..., help="trainer YAML (or a job spec with a train: section)")) -> None:
+    """Train a 4M encoder-decoder straight from token shards; prints val loss vs unigram baselines."""
+    from prism4m.trainer.train import main as train_main
+
+    code = train_main(config)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -9,8 +9,9 @@ label:
   labelers: {canny_edge: {blur_sigma: 1.0}}
   workers: null                          # default: as many as the cluster fits
 ```
-Steps present in the file run in the order ingest → label → (later steps registered by
-the tokenizer and trainer packages). YAML is read with safe_load only.
+Steps present in the file run in the order ingest → label → tokenizers → tokenize → train
+(a `train:` section takes the trainer's config, see jobs/train-tiny.yaml). YAML is read with
+safe_load only.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class JobSpec(BaseModel):
     label: LabelStep | None = None
     tokenizers: list[TokenizerStep] = Field(default_factory=list)
     tokenize: TokenizeStep | None = None
+    base_dir: str = "."  # the job file's folder (relative paths in later steps resolve against it)
 
 
 def _local(base: Path, p: str) -> str:
@@ -73,6 +75,7 @@ def load_job(path: str | Path) -> JobSpec:
     data = yaml.safe_load(text) or {}
     base = Path(path).resolve().parent
     spec = JobSpec.model_validate(data)
+    spec.base_dir = str(base)
     # Relative local paths in a job file are relative to the file, not to the shell's cwd.
     if "://" not in spec.root and not Path(spec.root).is_absolute():
         spec.root = str((base / spec.root).resolve())
@@ -106,4 +109,12 @@ def run_extra_steps(spec: JobSpec, show_progress: bool = True) -> bool:
                      show_progress=show_progress)
         print(f"tokenize: ran {s.planned or 'nothing'}; up to date {s.skipped or '-'}")
         ok &= s.ok
+    train_section = (spec.model_extra or {}).get("train")
+    if train_section:
+        from prism4m.trainer.train import config_from_dict, train
+
+        cfg = config_from_dict(train_section, spec.base_dir, spec.root)
+        summary = train(cfg)
+        table = summary.get("table") or []
+        ok &= not (cfg.require_beat_baseline and not all(r["beats_baseline"] for r in table))
     return ok
