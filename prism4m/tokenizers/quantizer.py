@@ -16,15 +16,21 @@ from torch import nn
 
 
 class CosineCodebook(nn.Module):
-    def __init__(self, num_codes: int, dim: int, decay: float = 0.99, dead_fraction: float = 1 / 32):
+    def __init__(self, num_codes: int, dim: int, decay: float = 0.99, dead_fraction: float = 1 / 32,
+                 dead_patience: int = 25):
         super().__init__()
         self.num_codes, self.dim, self.decay, self.dead_fraction = num_codes, dim, decay, dead_fraction
+        # The EMA count of an unused code takes ~340 steps (decay 0.99) to fall below ml-4m's
+        # threshold: a short run would collapse first. A code unused for `dead_patience` steps
+        # in a row is dead too.
+        self.dead_patience = dead_patience
         g = torch.Generator().manual_seed(0)
         embed = F.normalize(torch.randn(num_codes, dim, generator=g), dim=-1)
         self.register_buffer("embed", embed)
         self.register_buffer("embed_sum", embed.clone())
         self.register_buffer("cluster_size", torch.ones(num_codes))
         self.register_buffer("initted", torch.tensor(False))
+        self.register_buffer("steps_unused", torch.zeros(num_codes, dtype=torch.long))
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.embed)
@@ -67,13 +73,15 @@ class CosineCodebook(nn.Module):
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         self.embed.copy_(F.normalize(self.embed_sum, dim=-1))
         expected = flat.shape[0] / self.num_codes
-        dead = self.cluster_size < self.dead_fraction * expected
+        self.steps_unused.add_(1).masked_fill_(counts > 0, 0)
+        dead = (self.cluster_size < self.dead_fraction * expected) | (self.steps_unused >= self.dead_patience)
         n_dead = int(dead.sum())
         if n_dead:
             pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
             self.embed[dead] = flat[pick]
             self.embed_sum[dead] = flat[pick] * expected
             self.cluster_size[dead] = expected
+            self.steps_unused[dead] = 0
 
 
 def codebook_usage(ids: torch.Tensor | "np.ndarray", num_codes: int) -> dict[str, float]:  # noqa: F821
