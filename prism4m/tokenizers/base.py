@@ -10,7 +10,6 @@ the model from the card alone.
 from __future__ import annotations
 
 import hashlib
-import io
 import posixpath
 from typing import Any, ClassVar
 

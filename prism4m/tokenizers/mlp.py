@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from prism4m.tokenizers.base import NeuralTokenizer
-from prism4m.tokenizers.quantizer import CosineCodebook
+from prism4m.tokenizers.quantizer import CodebookModel, CosineCodebook
 
 
 def mlp(d_in: int, width: int, d_out: int, depth: int) -> nn.Sequential:
@@ -23,7 +23,7 @@ def mlp(d_in: int, width: int, d_out: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MLPModel(nn.Module):
+class MLPModel(CodebookModel):
     def __init__(self, *, in_channels: int, n_tokens: int, width: int, depth: int, latent_dim: int,
                  codebook_size: int, ema_decay: float = 0.99, dead_fraction: float = 1 / 32,
                  standardize: bool = True):
@@ -41,13 +41,6 @@ class MLPModel(nn.Module):
 
     def decode_latent(self, q: torch.Tensor) -> torch.Tensor:
         return self.decoder(q.reshape(q.shape[0], -1))
-
-    def forward(self, x: torch.Tensor):
-        q, ids, commit = self.codebook(self.encode_latent(x))
-        return self.decode_latent(q), ids, commit
-
-    def encode_ids(self, x: torch.Tensor) -> torch.Tensor:
-        return self.codebook.assign(self.encode_latent(x))
 
     def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return self.decode_latent(self.codebook.lookup(ids.reshape(ids.shape[0], -1)))

@@ -84,6 +84,19 @@ class CosineCodebook(nn.Module):
             self.steps_unused[dead] = 0
 
 
+class CodebookModel(nn.Module):
+    """encoder → codebook → decoder; subclasses define encode_latent, decode_latent, codebook."""
+
+    codebook: CosineCodebook
+
+    def forward(self, x: torch.Tensor):
+        q, ids, commit = self.codebook(self.encode_latent(x))
+        return self.decode_latent(q), ids, commit
+
+    def encode_ids(self, x: torch.Tensor) -> torch.Tensor:
+        return self.codebook.assign(self.encode_latent(x))
+
+
 def codebook_usage(ids: torch.Tensor | "np.ndarray", num_codes: int) -> dict[str, float]:  # noqa: F821
     """Perplexity (exp of the code entropy) and the share of codes used at least once."""
     counts = torch.bincount(torch.as_tensor(ids).reshape(-1).long(), minlength=num_codes).double()

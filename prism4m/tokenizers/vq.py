@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prism4m.tokenizers.base import NeuralTokenizer
-from prism4m.tokenizers.quantizer import CosineCodebook
+from prism4m.tokenizers.quantizer import CodebookModel, CosineCodebook
 
 
 def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
@@ -37,7 +37,7 @@ def transformer(dim: int, depth: int, heads: int) -> nn.TransformerEncoder:
     return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
 
-class VQModel(nn.Module):
+class VQModel(CodebookModel):
     def __init__(self, *, in_channels: int, out_channels: int, patch: int, grid: int, dim: int, depth: int,
                  heads: int, dec_dim: int, dec_depth: int, latent_dim: int, codebook_size: int,
                  num_classes: int = 0, class_emb_dim: int = 32, ema_decay: float = 0.99,
@@ -74,13 +74,6 @@ class VQModel(nn.Module):
         b, g, c = p.shape[0], self.grid, self.num_classes or self.out_channels
         p = p.view(b, g, g, self.patch, self.patch, c).permute(0, 5, 1, 3, 2, 4)
         return p.reshape(b, c, g * self.patch, g * self.patch)
-
-    def forward(self, x: torch.Tensor):
-        q, ids, commit = self.codebook(self.encode_latent(x))
-        return self.decode_latent(q), ids, commit
-
-    def encode_ids(self, x: torch.Tensor) -> torch.Tensor:
-        return self.codebook.assign(self.encode_latent(x))
 
     def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
         out = self.decode_latent(self.codebook.lookup(ids.reshape(ids.shape[0], -1)))
