@@ -65,6 +65,16 @@ def bare_label_loop(root: str, out_dir: Path) -> float:
     return time.perf_counter() - t0
 
 
+def bare_loop_one_cpu(root: str, out_dir: Path) -> float:
+    """The bare loop in a fresh process with one CPU's worth of threads, as a 1-CPU Ray actor
+    has (Ray sets OMP_NUM_THREADS=1; OpenCV is limited by ray_env.limit_threads_to_assigned_cpus).
+    Otherwise numpy/OpenCV threads would quietly give the "single-process" loop both cores."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--bare", root, str(out_dir)],
+                          capture_output=True, text=True, env=env, check=True)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
 def run(workdir: str) -> dict:
     from prism4m.pipeline.ingest import ingest
     from prism4m.pipeline.label import label
@@ -95,7 +105,7 @@ def run(workdir: str) -> dict:
         s = label(str(root), CHEAP, workers=w, show_progress=False)
         walls[w] = time.perf_counter() - t0
         assert s.ok, s.failures
-    bare = bare_label_loop(str(wd / "ingest1w"), wd / "bare")
+    bare = bare_loop_one_cpu(str(wd / "ingest1w"), wd / "bare")
     out["label_wall_s_1w"] = round(walls[1], 2)
     out["label_wall_s_2w"] = round(walls[2], 2)
     out["label_bare_loop_s"] = round(bare, 2)
@@ -127,5 +137,8 @@ if __name__ == "__main__":
     import json
     import tempfile
 
-    with tempfile.TemporaryDirectory() as d:
-        print(json.dumps(run(d), indent=2))
+    if len(sys.argv) == 4 and sys.argv[1] == "--bare":
+        print(bare_label_loop(sys.argv[2], Path(sys.argv[3])))
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            print(json.dumps(run(d), indent=2))
