@@ -31,7 +31,7 @@ def generate_jpegs(d: Path, n: int, size=(1024, 768), seed: int = 0) -> None:
         coarse = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
         img = np.asarray(Image.fromarray(coarse).resize(size, Image.BICUBIC)).copy()
         y0, x0 = rng.integers(0, size[1] // 2), rng.integers(0, size[0] // 2)
-        img[y0:y0 + 200, x0:x0 + 300] = rng.integers(0, 255, 3)
+        img[y0:y0 + size[1] // 4, x0:x0 + size[0] // 3] = rng.integers(0, 255, 3)
         img = np.clip(img.astype(np.int16) + rng.integers(-8, 8, img.shape), 0, 255).astype(np.uint8)
         Image.fromarray(img).save(d / f"img{i:05d}.jpg", quality=90)
 

@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_foundation import generate_jpegs  # noqa: E402  (one synthetic-photo generator)
 
 SCALE = float(os.environ.get("PRISM4M_BENCH_SCALE", "1"))
 N_IMAGES = max(16, int(64 * SCALE))
@@ -35,19 +37,6 @@ SHARD_SIZE = 32
 N_CROPS = 5
 INPUT_SIZE = 224
 BATCH = 64
-
-
-def generate_jpegs(d: Path, n: int, size=(384, 288), seed: int = 0) -> None:
-    """Photo-like synthetic images: smooth colour fields, a block edge and noise."""
-    d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        coarse = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
-        img = np.asarray(Image.fromarray(coarse).resize(size, Image.BICUBIC)).copy()
-        y0, x0 = rng.integers(0, size[1] // 2), rng.integers(0, size[0] // 2)
-        img[y0:y0 + 80, x0:x0 + 120] = rng.integers(0, 255, 3)
-        img = np.clip(img.astype(np.int16) + rng.integers(-8, 8, img.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(d / f"img{i:05d}.jpg", quality=90)
 
 
 def make_tokenizer(out_dir: str) -> str:
@@ -124,7 +113,7 @@ def run(workdir: str) -> dict:
     set_loopback_env()
     torch.set_num_threads(1)  # the worker gets 1 CPU, hence 1 torch thread: same work, same threads
     wd = Path(workdir)
-    generate_jpegs(wd / "images", N_IMAGES)
+    generate_jpegs(wd / "images", N_IMAGES, size=(384, 288))
     t_ray = time.perf_counter()
     # Ray starts workers at nice 15; on a machine shared with other jobs that alone halves
     # the actor's CPU share against a nice-0 bare loop. Same priority for both sides.
