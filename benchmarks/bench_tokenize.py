@@ -26,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import generate_jpegs  # noqa: E402  (one synthetic-photo generator)
@@ -54,11 +53,10 @@ def make_tokenizer(out_dir: str) -> str:
 
 def bare_loop(root: str, tok_dir: str, out_dir: Path) -> dict:
     """The tokenize work with no Ray, no ledger, no atomic commit: read, crop, batch, encode, write."""
-    from prism4m.pipeline.store import DatasetStore, Member, build_tar
+    from prism4m.pipeline.store import DatasetStore, build_tar
+    from prism4m.tokenizers.pretokenize import CropBatchEncoder, token_member
     from prism4m.tokenizers.registry import load_tokenizer
     from prism4m.tokenizers.samples import iter_shard_inputs
-
-    import io
 
     tok = load_tokenizer(tok_dir)
     store = DatasetStore(root)
@@ -67,35 +65,14 @@ def bare_loop(root: str, tok_dir: str, out_dir: Path) -> dict:
     encode_s = 0.0
     n = 0
     for index in sorted(store.ledger("rgb")):
-        keys, batch, owners, tokens = [], [], [], {}
-
-        def flush():
-            nonlocal encode_s
-            if not batch:
-                return
-            t = time.perf_counter()
-            ids = tok.encode(np.concatenate(batch))
-            encode_s += time.perf_counter() - t
-            at = 0
-            for key, k in owners:
-                tokens[key] = ids[at:at + k].astype(np.int16)
-                at += k
-            batch.clear()
-            owners.clear()
-
+        enc = CropBatchEncoder(tok, BATCH)
+        keys = []
         for s in iter_shard_inputs(store, tok.spec, index):
             keys.append(s.key)
-            x = tok.prepare(s.value, s.rows, s.image_hw)
-            batch.append(x)
-            owners.append((s.key, len(x)))
-            if sum(len(b) for b in batch) >= BATCH:
-                flush()
-        flush()
-        members = []
-        for key in keys:
-            buf = io.BytesIO()
-            np.save(buf, tokens[key], allow_pickle=False)
-            members.append(Member(key, "npy", buf.getvalue()))
+            enc.add(s.key, tok.prepare(s.value, s.rows, s.image_hw, s.region))
+        enc.flush()
+        encode_s += enc.encode_s
+        members = [token_member(k, enc.tokens[k]) for k in keys]
         (out_dir / f"shard-{index:06d}.tar").write_bytes(build_tar(members))
         n += len(keys)
     wall = time.perf_counter() - t0

@@ -105,31 +105,57 @@ def content_hash(record: dict | None) -> str | None:
     return next(iter(record["files"].values()))["sha256"][:16]
 
 
+class CropBatchEncoder:
+    """Encodes samples' crop stacks in batches of about ``batch_size`` crops; tokens by key.
+
+    Shared by the tokenize stage and the benchmark's bare loop, so both do the same work."""
+
+    def __init__(self, tok, batch_size: int):
+        self.tok, self.batch_size = tok, batch_size
+        self.tokens: dict[str, np.ndarray] = {}
+        self.encode_s = 0.0
+        self._pending: list[tuple[str, int]] = []  # (key, n_crops) waiting in the buffer
+        self._buf: list[np.ndarray] = []
+        self._n = 0
+
+    def add(self, key: str, crops: np.ndarray) -> None:
+        self._buf.append(crops)
+        self._pending.append((key, len(crops)))
+        self._n += len(crops)
+        if self._n >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        t = time.perf_counter()
+        ids = self.tok.encode(np.concatenate(self._buf))
+        self.encode_s += time.perf_counter() - t
+        at = 0
+        for key, n in self._pending:
+            self.tokens[key] = ids[at:at + n].astype(np.int16)
+            at += n
+        self._pending.clear()
+        self._buf.clear()
+        self._n = 0
+
+
+def token_member(key: str, tokens: np.ndarray | None) -> Member:
+    """KEY.npy int16 (n_crops, n_tokens); zero bytes when the input was invalid."""
+    if tokens is None:
+        return Member(key, "npy", b"")
+    out = io.BytesIO()
+    np.save(out, tokens, allow_pickle=False)
+    return Member(key, "npy", out.getvalue())
+
+
 def _encode_shard(store: DatasetStore, tok, index: int, batch_size: int, cache: dict) -> tuple[list[Member], list[dict], float]:
     """Token members of one shard for one tokenizer, plus error lines and encoder seconds."""
     from prism4m.tokenizers.samples import iter_shard_inputs
 
     keys: list[str] = []
-    tokens: dict[str, np.ndarray] = {}
     errors: list[dict] = []
-    pending: list[tuple[str, int]] = []  # (key, n_crops) waiting in the batch buffer
-    buf: list[np.ndarray] = []
-    encode_s = 0.0
-
-    def flush() -> None:
-        nonlocal encode_s
-        if not buf:
-            return
-        t = time.perf_counter()
-        ids = tok.encode(np.concatenate(buf))
-        encode_s += time.perf_counter() - t
-        at = 0
-        for key, n in pending:
-            tokens[key] = ids[at:at + n].astype(np.int16)
-            at += n
-        pending.clear()
-        buf.clear()
-
+    enc = CropBatchEncoder(tok, batch_size)
     for s in iter_shard_inputs(store, tok.spec, index, cache):
         keys.append(s.key)
         if s.value is None:
@@ -137,21 +163,9 @@ def _encode_shard(store: DatasetStore, tok, index: int, batch_size: int, cache: 
             errors.append({"key": s.key, "reason": reason,
                            "message": f"{tok.spec.folder}/{s.key}: {s.error}"})
             continue
-        batch = tok.prepare(s.value, s.rows, s.image_hw, s.region)
-        buf.append(batch)
-        pending.append((s.key, len(batch)))
-        if sum(len(b) for b in buf) >= batch_size:
-            flush()
-    flush()
-    members = []
-    for key in keys:
-        if key in tokens:
-            out = io.BytesIO()
-            np.save(out, tokens[key], allow_pickle=False)
-            members.append(Member(key, "npy", out.getvalue()))
-        else:
-            members.append(Member(key, "npy", b""))
-    return members, errors, encode_s
+        enc.add(s.key, tok.prepare(s.value, s.rows, s.image_hw, s.region))
+    enc.flush()
+    return [token_member(k, enc.tokens.get(k)) for k in keys], errors, enc.encode_s
 
 
 class TokenizeWorker:
