@@ -22,7 +22,7 @@ from prism4m.labelers.registry import make_labeler
 from prism4m.pipeline.execute import run_units
 from prism4m.pipeline.progress import Progress
 from prism4m.pipeline.summary import StageSummary
-from prism4m.pipeline.store import DatasetStore, Member, producer_hash
+from prism4m.pipeline.store import DatasetStore, Member, content_hash, producer_hash
 
 RGB = "rgb"
 
@@ -117,7 +117,7 @@ class LabelWorker:
             read = (RGB, *[f for f in wanted if f in inputs])
             records[name] = {
                 "producer": lab.producer(),
-                "inputs": {f: _content_hash(ledger_records[f]) for f in read},
+                "inputs": {f: content_hash(ledger_records[f]) for f in read},
                 "model": self.provenance[name],
                 # Labels derived from random-weight labels are no more real than their inputs.
                 "random_weights": bool(self.provenance[name].get("random_weights", False)) or any(
@@ -141,12 +141,6 @@ def _device_name(device: str) -> str:
         except Exception:  # noqa: BLE001
             return device
     return device
-
-
-def _content_hash(record: dict | None) -> str | None:
-    if record is None:
-        return None
-    return next(iter(record["files"].values()))["sha256"][:16]
 
 
 def decode_rgb(member: Member) -> np.ndarray:
@@ -231,7 +225,7 @@ def plan(store: DatasetStore, labelers: dict[str, Labeler], *, force: bool = Fal
                 if rec is None or force or upstream_changes:
                     run = True
                 else:
-                    inputs_now = {f: _content_hash(records[f].get(s)) for f in reads
+                    inputs_now = {f: content_hash(records[f].get(s)) for f in reads
                                   if records.get(f, {}).get(s) is not None}
                     stale = rec.get("producer_hash") != current or rec.get("inputs", {}) != inputs_now
                     run = stale and update_stale

@@ -55,6 +55,15 @@ def producer_hash(producer: dict) -> str:
     return sha256_hex(canonical_json(producer))[:16]
 
 
+def content_hash(record: dict | None) -> str | None:
+    """What a reader of a committed shard depends on: its tar's sha256 (a recommit changes it).
+
+    Planners compare it with the `inputs` a dependent shard recorded to find stale work."""
+    if record is None:
+        return None
+    return next(iter(record["files"].values()))["sha256"][:16]
+
+
 def keys_digest(keys: Iterable[str]) -> str:
     return sha256_hex("\n".join(keys).encode())[:16]
 

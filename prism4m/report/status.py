@@ -12,10 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from prism4m.pipeline.store import DatasetStore
-
-SCAN_ERRORS = "_errors/ingest/scan.jsonl"
-
+from prism4m.pipeline.store import DatasetStore, content_hash
 
 @dataclass
 class FolderStatus:
@@ -44,10 +41,6 @@ class DatasetStatus:
         return any(f.random_weights for f in self.folders)
 
 
-def _content(rec: dict | None) -> str | None:
-    return None if rec is None else next(iter(rec["files"].values()))["sha256"][:16]
-
-
 def dataset_status(root: str, storage_options: dict | None = None) -> DatasetStatus:
     store = DatasetStore(root, storage_options)
     ledgers = {f: store.ledger(f) for f in store.ledger_folders()}
@@ -64,7 +57,7 @@ def dataset_status(root: str, storage_options: dict | None = None) -> DatasetSta
         producer = newest["producer"] if newest else {}
         fs = FolderStatus(folder, _describe(producer), any(r.get("random_weights") for r in recs.values()))
         for s, rec in recs.items():
-            changed_input = any(ledgers.get(f, {}).get(s) is not None and _content(ledgers[f][s]) != h
+            changed_input = any(ledgers.get(f, {}).get(s) is not None and content_hash(ledgers[f][s]) != h
                                 for f, h in rec.get("inputs", {}).items())
             if changed_input or (newest and rec["producer_hash"] != newest["producer_hash"]):
                 fs.stale += 1
@@ -77,13 +70,7 @@ def dataset_status(root: str, storage_options: dict | None = None) -> DatasetSta
         fs.missing = sum(1 for s in rgb if s not in recs and s not in failed)
         failures += [v for s, v in failed.items() if s not in recs]
         out.append(fs)
-    source_errors: Counter = Counter()
-    if store.exists(store.p(SCAN_ERRORS)):
-        import json
-
-        for line in store.read_bytes(store.p(SCAN_ERRORS)).decode().splitlines():
-            if line.strip():
-                source_errors[json.loads(line)["reason"]] += 1
+    source_errors = Counter(e["reason"] for e in store.read_errors("ingest"))
     return DatasetStatus(store.url, len(rgb), out, source_errors, failures)
 
 

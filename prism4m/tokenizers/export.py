@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prism4m.pipeline.store import DatasetStore, now_iso
-from prism4m.tokenizers.pretokenize import VERSION_SEP, content_hash
+from prism4m.pipeline.store import DatasetStore, content_hash, now_iso
+from prism4m.tokenizers.pretokenize import VERSION_SEP
 
 SEQUENCE_FOLDERS = ("caption", "det", "metadata", "color_palette", "human_poses")
 EXPORT_DIR = "_export/parquet"

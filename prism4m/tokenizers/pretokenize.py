@@ -39,7 +39,7 @@ import numpy as np
 from prism4m import __version__
 from prism4m.pipeline.execute import RunReport, run_units
 from prism4m.pipeline.progress import Progress
-from prism4m.pipeline.store import DatasetStore, Member, producer_hash
+from prism4m.pipeline.store import DatasetStore, Member, content_hash, producer_hash
 
 #: bump when the same tokenizer would write different tokens (crop/normalise code changes)
 TOKENIZE_VERSION = "1"
@@ -96,13 +96,6 @@ def tokenizer_producer(card, folder: str) -> dict:
 
 def version_folder(folder: str, card_hash: str) -> str:
     return f"{folder}{VERSION_SEP}{card_hash[:8]}"
-
-
-def content_hash(record: dict | None) -> str | None:
-    """What a reader of a shard depends on: the sha256 of its tar (recommitted → changes)."""
-    if record is None:
-        return None
-    return next(iter(record["files"].values()))["sha256"][:16]
 
 
 class CropBatchEncoder:
