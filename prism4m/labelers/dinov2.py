@@ -23,6 +23,7 @@ from pydantic import Field
 from prism4m.labelers.base import LabelInput, Resources
 from prism4m.labelers.encoding import encode_npy
 from prism4m.labelers.hf import HFLabeler, HFLabelerConfig
+from prism4m.pipeline.crops import centre_square as crop_settings_centre
 
 
 class Dinov2Config(HFLabelerConfig):
@@ -31,9 +32,7 @@ class Dinov2Config(HFLabelerConfig):
 
 def centre_square(image: np.ndarray, size: int) -> np.ndarray:
     """Centred square of side min(H, W) (crop_settings row 0), bicubic-resized to size×size."""
-    h, w = image.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
+    top, left, s, _ = crop_settings_centre(*image.shape[:2])
     crop = Image.fromarray(image[top:top + s, left:left + s])
     return np.asarray(crop.resize((size, size), Image.Resampling.BICUBIC))
 

@@ -28,6 +28,8 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from prism4m.pipeline.crops import centre_square
+
 
 @dataclass(frozen=True)
 class CropBox:
@@ -42,8 +44,7 @@ def crop_box(height: int, width: int, fit: Literal["center_crop", "resize"]) -> 
     if fit == "resize":
         return CropBox(0, 0, height, width)
     if fit == "center_crop":
-        m = min(height, width)
-        return CropBox((height - m) // 2, (width - m) // 2, m, m)
+        return CropBox(*centre_square(height, width))  # crop_settings row 0, by construction
     raise ValueError(f"unknown fit {fit!r} (expected 'center_crop' or 'resize')")
 
 

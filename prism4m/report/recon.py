@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from prism4m.pipeline.crops import centre_square
 from prism4m.report.colors import class_palette, colormap
 from prism4m.report.render import Panel
 
@@ -110,9 +111,7 @@ def reconstruct(lt: LoadedTokenizer, folder: str, data: bytes, crops: np.ndarray
 
 
 def _centre_row(hw: tuple[int, int]) -> np.ndarray:
-    h, w = hw
-    m = min(h, w)
-    return np.array([[(h - m) // 2, (w - m) // 2, m, m, 0]], dtype=np.int64)
+    return np.array([[*centre_square(*hw), 0]], dtype=np.int64)
 
 
 def _text_panel(tok, folder: str, data: bytes, crops, image_hw) -> Panel:

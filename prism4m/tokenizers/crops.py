@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from prism4m.pipeline.crops import centre_square as crop_settings_centre
 from prism4m.tokenizers.specs import ModalitySpec, feature_grid
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
@@ -40,9 +41,7 @@ def crop_raster(arr: np.ndarray, row, size: int, resample: str = "bicubic", flip
 
 def centre_square(image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
     """(top, left, h, w) of crop_settings row 0: the region the feature labelers encode."""
-    H, W = image_hw
-    s = min(H, W)
-    return (H - s) // 2, (W - s) // 2, s, s
+    return crop_settings_centre(*image_hw)
 
 
 def crop_feature_map(fmap: np.ndarray, row, region: tuple[int, int, int, int], grid: int) -> np.ndarray:
