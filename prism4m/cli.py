@@ -250,13 +250,15 @@ def tokenize(
     force: bool = typer.Option(False, help="re-tokenize committed shards"),
     batch_size: int = typer.Option(64, help="crops per encoder forward"),
     ray_address: Optional[str] = RAY_ADDRESS,
+    storage_options: Optional[str] = STORAGE,
     quiet: bool = QUIET,
 ) -> None:
     """Crop × label → int16 tokens in tok_<mod>@<res>/ shards; a new tokenizer re-tokenizes, no relabeling."""
     from prism4m.tokenizers import tokenize as _tokenize
 
     summary = _tokenize(root, list(tokenizer), workers=workers, force=force, batch_size=batch_size,
-                        ray_address=ray_address, show_progress=not quiet)
+                        ray_address=ray_address, show_progress=not quiet,
+                        storage_options=_json_opt(storage_options, "--storage-options"))
     typer.echo(f"tokenize: ran {summary.planned or 'nothing'}; up to date {summary.skipped or '-'}; "
                f"stale re-tokenized {summary.stale or '-'} ({summary.wall_s:.1f}s)")
     if not summary.ok:
@@ -269,30 +271,34 @@ def export(
     root: str = typer.Argument(..., help="dataset root"),
     fmt: str = typer.Option("parquet", "--format", help="export format (parquet)"),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="output directory (default ROOT/_export/parquet)"),
+    storage_options: Optional[str] = STORAGE,
 ) -> None:
     """Write the aligned token dataset in another format (one Parquet row per sample)."""
     if fmt != "parquet":
         _fail(f"--format {fmt!r}: only 'parquet' is supported")
     from prism4m.tokenizers import export_parquet
 
-    typer.echo(f"export: {json.dumps(export_parquet(root, out), default=str)[:600]}")
+    result = export_parquet(root, out, storage_options=_json_opt(storage_options, "--storage-options"))
+    typer.echo(f"export: {json.dumps(result, default=str)[:600]}")
 
 
 @tokens_app.command("versions")
-def tokens_versions(root: str = typer.Argument(...)) -> None:
+def tokens_versions(root: str = typer.Argument(...), storage_options: Optional[str] = STORAGE) -> None:
     """Token folders and their kept versions (card hash, shards)."""
     from prism4m.tokenizers import token_versions
 
-    typer.echo(json.dumps(token_versions(root), indent=2, default=str))
+    typer.echo(json.dumps(token_versions(root, _json_opt(storage_options, "--storage-options")), indent=2, default=str))
 
 
 @tokens_app.command("select")
 def tokens_select(root: str = typer.Argument(...), folder: str = typer.Argument(..., help="e.g. tok_rgb@224"),
-                  card_hash: str = typer.Argument(..., help="card hash (or its first 8 characters)")) -> None:
+                  card_hash: str = typer.Argument(..., help="card hash (or its first 8 characters)"),
+                  storage_options: Optional[str] = STORAGE) -> None:
     """Make a kept token version the one in the default folder ml-4m reads."""
     from prism4m.tokenizers import select_token_version
 
-    typer.echo(f"selected {folder} {card_hash}: {select_token_version(root, folder, card_hash)} shards")
+    swapped = select_token_version(root, folder, card_hash, _json_opt(storage_options, "--storage-options"))
+    typer.echo(f"selected {folder} {card_hash}: {swapped} shards")
 
 
 @app.command()
