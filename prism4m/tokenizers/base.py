@@ -2,7 +2,10 @@
 
 A ``NeuralTokenizer`` turns one sample's label and crop rows into an encoder batch
 (``prepare``: crop → normalise, see crops.py and specs.py), encodes batches to int64 ids
-(``encode``) and decodes ids back to the encoder's input space (``decode``). Architecture
+(``encode``) and decodes ids back to the encoder's input space (``decode``). The tokenize
+stage writes a sample's ids with ``member_bytes`` (``KEY.npy`` int16 ``(n_crops, n_tokens)``;
+a tokenizer whose batch is not one row per crop, such as instances.MaskTokenizer, also
+returns from ``prepare_sample`` what its member needs besides the ids). Architecture
 hyper-parameters live in the card, weights in ``weights.safetensors``, so ``load`` rebuilds
 the model from the card alone.
 """
@@ -35,6 +38,8 @@ SIZES: dict[str, dict[str, int]] = {
 class NeuralTokenizer:
     type: ClassVar[str]
     model_cls: ClassVar[type[nn.Module]]
+    #: extension of the token members this tokenizer writes
+    member_ext: ClassVar[str] = "npy"
 
     def __init__(self, card: TokenizerCard, model: nn.Module, device: str = "cpu"):
         self.card = card
@@ -91,6 +96,17 @@ class NeuralTokenizer:
         ``region``: for feature maps, the rgb region they cover (default: centred square)."""
         crops = crop_all(self.spec, value, rows, self.card.input_size or 0, image_hw, region)
         return normalise(self.spec, crops, self.input_stats)
+
+    def prepare_sample(self, value: Any, rows: np.ndarray, image_hw: tuple[int, int],
+                       region: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, Any]:
+        """Encoder inputs plus what ``member_bytes`` needs besides the ids (nothing: one row per crop)."""
+        return self.prepare(value, rows, image_hw, region), None
+
+    def member_bytes(self, tokens: np.ndarray, layout: Any = None) -> bytes:
+        """One sample's token member: int16 ``(n_crops, n_tokens)`` as ``KEY.npy``."""
+        from prism4m.tokenizers.pretokenize import npy_bytes
+
+        return npy_bytes(tokens)
 
     def _tensor(self, batch: Any) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(batch)) if not isinstance(batch, torch.Tensor) else batch

@@ -71,10 +71,15 @@ def crop_all(spec: ModalitySpec, value: np.ndarray, rows: np.ndarray, input_size
              image_hw: tuple[int, int], region: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Every crop row of one sample → the un-normalised encoder batch for ``spec``.
 
-    image/classes: (n, C, S, S); feature: (n, C, g, g) with g = S // patch; global: (n, C).
+    image/classes: (n, C, S, S); feature: (n, C, g, g) with g = S // patch; global: (n, C);
+    instances: (instances kept over all crops, 1, 64, 64) masks (instances.crop_instances).
     ``region``: what a feature map covers (default: the centred square, see module docstring).
     """
     rows = np.asarray(rows).reshape(-1, 5)
+    if spec.kind == "instances":
+        from prism4m.tokenizers.instances import crop_instances
+
+        return crop_instances(value, rows, input_size).masks
     if spec.kind in ("image", "classes"):
         return np.stack([crop_raster(value, r, input_size, spec.resample, spec.flip) for r in rows])
     region = region or centre_square(image_hw)

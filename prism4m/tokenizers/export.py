@@ -4,7 +4,8 @@
 ``shard`` (int32), ``crop_settings`` (list<list<int64>>), one list<list<int16>> column per
 current token folder (named as the folder, e.g. ``tok_rgb@224``; kept versions
 ``tok_…~hash`` are not exported) and one string column per sequence modality (``caption``
-as text; det/metadata/color_palette/human_poses as their JSON text). Invalid records are
+as text; det/metadata/color_palette/human_poses and the SAM instance tokens
+``sam_instance@224`` as their JSON text). Invalid records are
 nulls. Every part has the same schema (a folder not committed for a shard is all-null in
 that part), so ``duckdb.sql("select * from 'ROOT/_export/parquet/*.parquet'")`` and
 ``pyarrow.dataset`` read the export as one table. Only committed shards are read; a part is
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 
 from prism4m.pipeline.store import DatasetStore, content_hash, now_iso
 from prism4m.tokenizers.pretokenize import VERSION_SEP
+from prism4m.tokenizers.serializers import token_sequence_folders
 
 SEQUENCE_FOLDERS = ("caption", "det", "metadata", "color_palette", "human_poses")
 EXPORT_DIR = "_export/parquet"
@@ -70,7 +72,7 @@ def export_parquet(root: str, out: str | None = None, *, storage_options: dict |
         raise ValueError(f"{store.url}: no shard with committed rgb and crop_settings")
     folders = store.ledger_folders()
     tok_folders = [f for f in folders if f.startswith("tok_") and VERSION_SEP not in f]
-    seq_folders = [f for f in SEQUENCE_FOLDERS if f in folders]
+    seq_folders = [f for f in SEQUENCE_FOLDERS if f in folders] + token_sequence_folders(folders)
     ledgers = {f: store.ledger(f) for f in tok_folders + seq_folders}
     if out is None:
         out_fs, out_path = store.fs, store.p(EXPORT_DIR)

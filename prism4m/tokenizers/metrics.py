@@ -23,10 +23,21 @@ def class_iou(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict[st
     return {"pixel_accuracy": float((pred == target).mean()), "miou": float(np.mean(ious)) if ious else 1.0}
 
 
+def mask_iou(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Mean IoU over masks (N, …) of 0/1 values (> 0.5 is inside); two empty masks agree fully."""
+    p = pred.reshape(len(pred), -1) > 0.5
+    t = target.reshape(len(target), -1) > 0.5
+    inter, union = (p & t).sum(1), (p | t).sum(1)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return {"mask_iou": float(iou.mean()) if len(iou) else 1.0, "pixel_accuracy": float((p == t).mean())}
+
+
 def reconstruction_metrics(spec: ModalitySpec, x: np.ndarray, recon: np.ndarray) -> dict[str, float]:
-    """``x`` and ``recon`` in the encoder's input space (class maps: ids)."""
+    """``x`` and ``recon`` in the encoder's input space (class maps: ids; masks: probabilities)."""
     if spec.kind == "classes":
         return class_iou(recon, x, spec.num_classes)
+    if spec.kind == "instances":
+        return mask_iou(recon, x)
     out = {"mse": float(np.mean((recon - x) ** 2))}
     if spec.normalise == "unit":
         mse255 = float(np.mean((denormalise_unit(recon) - denormalise_unit(x)) ** 2))

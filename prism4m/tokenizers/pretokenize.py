@@ -2,7 +2,8 @@
 
 For every committed rgb shard and every tokenizer, each sample's label is cut with each of
 its crop_settings rows (crops.py), normalised (specs.py) and encoded in batches; the member
-``KEY.npy`` holds int16 ``(n_crops, n_tokens)``, keys and order those of rgb/. A sample whose
+``KEY.npy`` holds int16 ``(n_crops, n_tokens)``, keys and order those of rgb/ (SAM instances:
+``sam_instance@224/KEY.json``, per crop each instance's box and tokens, instances.py). A sample whose
 label is an invalid record (or fails to decode) gets a zero-byte member and an error line
 (reason ``input_invalid`` / ``decode_error``), as DATASET.md requires. Units are shards; one
 actor runs all tokenizers of a shard, reading rgb/ and crop_settings/ once, and commits all
@@ -89,9 +90,13 @@ class TokenizeSummary:
 
 
 def tokenizer_producer(card, folder: str) -> dict:
+    sizes = {"vocab_size": card.vocab_size, "n_tokens": card.n_tokens}
+    if card.n_tokens is None:
+        # Per-instance tokens end up in a text sequence: the folder's vocabulary is the text
+        # tokenizer's, so readers (the trainer's registry) must not take the codebook's for it.
+        sizes = {"instance_codes": card.vocab_size, "tokens_per_instance": int(np.prod(card.token_grid or [0]))}
     return {"kind": "tokenizer", "name": folder, "type": card.type, "modality": card.modality,
-            "card_hash": card.card_hash(), "vocab_size": card.vocab_size, "n_tokens": card.n_tokens,
-            "version": TOKENIZE_VERSION, "code_version": __version__}
+            "card_hash": card.card_hash(), **sizes, "version": TOKENIZE_VERSION, "code_version": __version__}
 
 
 def version_folder(folder: str, card_hash: str) -> str:
@@ -122,7 +127,8 @@ class CropBatchEncoder:
         if not self._buf:
             return
         t = time.perf_counter()
-        ids = self.tok.encode(np.concatenate(self._buf))
+        # instance tokenizers may have nothing to encode (no instance survived the crops)
+        ids = self.tok.encode(np.concatenate(self._buf)) if self._n else np.zeros((0, 0), np.int64)
         self.encode_s += time.perf_counter() - t
         at = 0
         for key, n in self._pending:
@@ -133,13 +139,20 @@ class CropBatchEncoder:
         self._n = 0
 
 
-def token_member(key: str, tokens: np.ndarray | None) -> Member:
-    """KEY.npy int16 (n_crops, n_tokens); zero bytes when the input was invalid."""
-    if tokens is None:
-        return Member(key, "npy", b"")
+def npy_bytes(tokens: np.ndarray) -> bytes:
+    """Token ids as ``KEY.npy`` int16 (no pickle)."""
     out = io.BytesIO()
-    np.save(out, tokens, allow_pickle=False)
-    return Member(key, "npy", out.getvalue())
+    np.save(out, np.asarray(tokens).astype(np.int16), allow_pickle=False)
+    return out.getvalue()
+
+
+def token_member(key: str, tokens: np.ndarray | None, tok=None, layout=None) -> Member:
+    """The tokenizer's member (default KEY.npy int16 (n_crops, n_tokens)); zero bytes when the
+    input was invalid. ``layout``: what ``tok.prepare_sample`` returned besides the inputs."""
+    ext = tok.member_ext if tok is not None else "npy"
+    if tokens is None:
+        return Member(key, ext, b"")
+    return Member(key, ext, tok.member_bytes(tokens, layout) if tok is not None else npy_bytes(tokens))
 
 
 def _encode_shard(store: DatasetStore, tok, index: int, batch_size: int, cache: dict) -> tuple[list[Member], list[dict], float]:
@@ -148,17 +161,24 @@ def _encode_shard(store: DatasetStore, tok, index: int, batch_size: int, cache: 
 
     keys: list[str] = []
     errors: list[dict] = []
+    layouts: dict[str, object] = {}
     enc = CropBatchEncoder(tok, batch_size)
     for s in iter_shard_inputs(store, tok.spec, index, cache):
         keys.append(s.key)
-        if s.value is None:
-            reason = "input_invalid" if s.error == "invalid_label" else "decode_error"
-            errors.append({"key": s.key, "reason": reason,
-                           "message": f"{tok.spec.folder}/{s.key}: {s.error}"})
-            continue
-        enc.add(s.key, tok.prepare(s.value, s.rows, s.image_hw, s.region))
+        error = s.error
+        if s.value is not None:
+            try:
+                inputs, layouts[s.key] = tok.prepare_sample(s.value, s.rows, s.image_hw, s.region)
+            except Exception as exc:  # noqa: BLE001 - a label that cannot be cropped must not sink the shard
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                enc.add(s.key, inputs)
+                continue
+        reason = "input_invalid" if error == "invalid_label" else "decode_error"
+        errors.append({"key": s.key, "reason": reason, "message": f"{tok.spec.folder}/{s.key}: {error}"})
     enc.flush()
-    return [token_member(k, enc.tokens.get(k)) for k in keys], errors, enc.encode_s
+    members = [token_member(k, enc.tokens.get(k), tok, layouts.get(k)) for k in keys]
+    return members, errors, enc.encode_s
 
 
 class TokenizeWorker:

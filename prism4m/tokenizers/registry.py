@@ -16,6 +16,7 @@ ENTRY_POINT_GROUP = "prism4m.tokenizers"
 
 BUILTIN_TOKENIZERS: dict[str, str] = {
     "vq": "prism4m.tokenizers.vq:VQTokenizer",
+    "vq_mask": "prism4m.tokenizers.instances:MaskTokenizer",
     "mlp": "prism4m.tokenizers.mlp:MLPTokenizer",
     "wordpiece": "prism4m.tokenizers.text:WordPieceTokenizer",
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
@@ -21,7 +21,7 @@ from prism4m.tokenizers.specs import ModalitySpec, decode_value
 @dataclass
 class SampleInput:
     key: str
-    value: np.ndarray | None     # decoded label, None for an invalid record
+    value: Any                   # decoded label (specs.decode_value), None for an invalid record
     rows: np.ndarray             # (n_crops, 5) int64
     image_hw: tuple[int, int]    # rgb/ size the rows refer to
     error: str | None = None     # why value is None
@@ -58,6 +58,8 @@ def iter_shard_inputs(store: DatasetStore, spec: ModalitySpec, index: int,
         try:
             value = decode_value(spec, m.data)
             hw = value.shape[:2] if spec.kind in ("image", "classes") else _image_hw(r.data)
+            if spec.kind == "instances" and tuple(value.shape) != tuple(hw):
+                raise ValueError(f"masks are {value.shape[0]}x{value.shape[1]}, rgb is {hw[0]}x{hw[1]}")
         except Exception as exc:  # noqa: BLE001 - one bad member must not sink the shard
             yield SampleInput(m.key, None, rows, (0, 0), f"decode_error: {exc}")
             continue

@@ -114,6 +114,11 @@ def _values(xs, scale: float, offset: float, lo: float = -np.inf, hi: float = np
     return [f"v0={int(min(max(round(scale * x + offset), 0), COORD_MAX))}" for x in flat]
 
 
+def _code_ids(ids) -> list[str]:
+    """ml-4m's spelling of codebook ids in a sequence: ``v0=t`` below 512, else ``v1=t-512``."""
+    return [f"v0={t}" if t < 512 else f"v1={t - 512}" for t in (int(t) for t in ids)]
+
+
 def serialize_human_poses(value: dict, crop_row=None, image_hw=None, rng=None) -> str:
     """Per person ``human <bbox>`` then the pose/global/camera/shape groups; ``none`` if empty."""
     people = []
@@ -130,8 +135,7 @@ def serialize_human_poses(value: dict, crop_row=None, image_hw=None, rng=None) -
         smpl = p.get("pred_smpl_params", {})
         groups = []
         if "pose_tokenized" in p:
-            groups.append("pose " + " ".join(f"v0={t}" if t < 512 else f"v1={t - 512}"
-                                             for t in (int(t) for t in p["pose_tokenized"])))
+            groups.append("pose " + " ".join(_code_ids(p["pose_tokenized"])))
         if "global_orient" in smpl:
             groups.append("global " + " ".join(_values(smpl["global_orient"], 499.5, 499.5)))
         if "pred_cam" in p:
@@ -142,6 +146,43 @@ def serialize_human_poses(value: dict, crop_row=None, image_hw=None, rng=None) -
             groups = [groups[i] for i in rng.permutation(len(groups))]
         people.append(" ".join([f"human v0={_q(box[0])} v1={_q(box[1])} v2={_q(box[2])} v3={_q(box[3])}"] + groups))
     return " ".join(people) if people else "none"
+
+
+#: ml-4m's SAMInstanceTokTransform asks about 7 random points of the crop
+SAM_QUERY_POINTS = 7
+
+
+def serialize_sam_instance(value: dict, crop_row=None, image_hw=None, rng=None) -> str:
+    """Per random query point ``point v0=y v1=x``, then ``none`` or, for every instance whose
+    contour holds it, ``polygon v0=xmin v1=ymin v2=xmax v3=ymax`` and its tokens.
+
+    ``value`` is a sam_instance token member (instances.py), not the RLE label; the crop is
+    the one whose row equals ``crop_row`` (row 0 without one). Coordinates are crop pixels."""
+    import cv2
+
+    if not isinstance(value, dict) or "crops" not in value:
+        raise ValueError("sam_instance: this is not a token member (RLE labels must be tokenized first: "
+                         "`prism4m tokenize` with a sam_instance tokenizer writes sam_instance@<size>/)")
+    crops = value["crops"]
+    want = None if crop_row is None else [int(v) for v in crop_row]
+    crop = crops[0] if want is None else next((c for c in crops if c["crop"] == want), None)
+    if crop is None:
+        raise ValueError(f"sam_instance: no tokens for crop row {want}")
+    size = int(value["crop_size"])
+    rng = rng if rng is not None else np.random.default_rng(0)
+    ys, xs = rng.integers(0, size, SAM_QUERY_POINTS), rng.integers(0, size, SAM_QUERY_POINTS)
+    contours = [np.asarray(p, dtype=np.int32).reshape(-1, 1, 2) for p in crop["points"]]
+    parts: list[str] = []
+    for x, y in zip(xs.tolist(), ys.tolist()):
+        parts += ["point", f"v0={y}", f"v1={x}"]
+        hits = [i for i, c in enumerate(contours) if cv2.pointPolygonTest(c, (float(x), float(y)), False) >= 0]
+        if not hits:
+            parts.append("none")
+        for i in (hits[j] for j in rng.permutation(len(hits))):
+            ymin, xmin, ymax, xmax = (int(v) for v in crop["bbox"][i])
+            parts += ["polygon", f"v0={xmin}", f"v1={ymin}", f"v2={xmax}", f"v3={ymax}"]
+            parts += _code_ids(crop["token_ids"][i])
+    return " ".join(parts)
 
 
 def serialize_caption(value, crop_row=None, image_hw=None, rng=None, crop_index: int = 0) -> str:
@@ -160,3 +201,16 @@ SERIALIZERS = {
     "metadata": serialize_metadata,
     "human_poses": serialize_human_poses,
 }
+
+#: Sequences built from token folders rather than labels, keyed by the folder's name before
+#: "@" (``sam_instance@224``). Not in SERIALIZERS, whose keys are the label folders a text
+#: tokenizer reads: ``sam_instance/`` holds RLE masks, which have no sequence.
+TOKEN_FOLDER_SERIALIZERS = {
+    "sam_instance": serialize_sam_instance,
+}
+
+
+def token_sequence_folders(folders: list[str]) -> list[str]:
+    """The current token folders among ``folders`` that have a serializer (kept versions
+    ``…~hash``, pretokenize.VERSION_SEP, are not current)."""
+    return [f for f in folders if "@" in f and "~" not in f and f.split("@")[0] in TOKEN_FOLDER_SERIALIZERS]

@@ -16,11 +16,14 @@ way in both. Kinds:
   resampled bilinearly to the token grid (crops.py).
 - ``global``: row 0 of those files, one vector per sample (a crop cannot be applied to a
   global embedding; every crop row gets the same tokens).
+- ``instances``: sam_instance JSON (one COCO RLE per instance at the rgb resolution); every
+  instance that survives a crop becomes one 64×64 binary mask of its box (instances.py).
+  Tokens are per instance, not per crop, and the member is JSON (instances.MaskTokenizer).
 
 Normalisation (recorded in the card): rgb/normal/edges ``x/127.5 - 1``; depth per crop by
 truncated standardisation (mean/std of the values between the 10th and 90th percentile, as
 ml-4m's DepthTransform); features and global vectors by per-channel mean/std measured on the
-training data (stored with the weights).
+training data (stored with the weights); instance masks stay 0/1 (``binary``).
 """
 
 from __future__ import annotations
@@ -38,19 +41,19 @@ class ModalitySpec:
     name: str              # the spec's name, as the card's ``modality``
     folder: str            # source folder in the dataset root
     token_name: str        # ml-4m modality name of the tokens (folder gets ``@res`` for grids)
-    kind: str              # image | classes | feature | global
+    kind: str              # image | classes | feature | global | instances
     ext: str               # member extension in the source folder
     channels: int          # input channels (0: read from the data)
-    loss: str              # mse | smooth_l1 | ce | cosine
+    loss: str              # mse | smooth_l1 | ce | cosine | bce
     patch_size: int = 16   # rgb pixels per token side
     num_classes: int = 0
     flip: str = "plain"    # plain | normal_x
-    normalise: str = "unit"  # unit | depth_truncated | standardize
+    normalise: str = "unit"  # unit | depth_truncated | standardize | binary
     default_vocab: int = 8192
 
     @property
     def resample(self) -> str:
-        return "nearest" if self.kind == "classes" else "bicubic"
+        return {"classes": "nearest", "instances": "bilinear"}.get(self.kind, "bicubic")
 
     def token_folder(self, input_size: int) -> str:
         return self.token_name if self.kind == "global" else f"{self.token_name}@{input_size}"
@@ -71,6 +74,10 @@ SPECS: dict[str, ModalitySpec] = {s.name: s for s in [
                  normalise="standardize"),
     ModalitySpec("dinov2_global", "dinov2", "tok_dinov2_global", "global", "npy", 0, "cosine",
                  normalise="standardize"),
+    # ml-4m's name for the tokens is the label's (`sam_instance`); ours gets the crop side
+    # (`sam_instance@224`) so the label folder keeps its name (DATASET.md)
+    ModalitySpec("sam_instance", "sam_instance", "sam_instance", "instances", "json", 1, "bce",
+                 normalise="binary", default_vocab=1024),
 ]}
 
 
@@ -81,7 +88,12 @@ def get_spec(name: str) -> ModalitySpec:
 
 
 def decode_value(spec: ModalitySpec, data: bytes) -> np.ndarray:
-    """Member bytes → array: H×W×C uint8/uint16 rasters, H×W class ids, (N, C) float32 features."""
+    """Member bytes → array: H×W×C uint8/uint16 rasters, H×W class ids, (N, C) float32 features;
+    instances: an instances.InstanceLabel."""
+    if spec.kind == "instances":
+        from prism4m.tokenizers.instances import decode_label
+
+        return decode_label(data)
     if spec.ext == "npy":
         arr = np.load(io.BytesIO(data), allow_pickle=False)
         if arr.ndim != 2:
@@ -122,6 +134,8 @@ def normalise(spec: ModalitySpec, crops: np.ndarray, stats: tuple[np.ndarray, np
     if spec.kind == "classes":
         return shift_classes(crops[:, 0] if crops.ndim == 4 else crops)
     x = crops.astype(np.float32)
+    if spec.normalise == "binary":
+        return x
     if spec.normalise == "unit":
         return x / 127.5 - 1.0
     if spec.normalise == "depth_truncated":

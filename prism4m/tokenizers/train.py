@@ -13,7 +13,12 @@
   of codes used), the training data (root, shards, crops) and the config hash.
 
 Text (``modality="text"``): a WordPiece tokenizer in ml-4m's layout (text.py) learned on the
-captions and the serialised det/metadata/color_palette/human_poses members.
+captions and the serialised det/metadata/color_palette/human_poses members (and SAM instance
+tokens, once tokenized).
+
+SAM instances (``modality="sam_instance"``): the VQ model on the 64×64 masks of every
+instance kept in every crop (instances.py), binary cross-entropy; ``input_size`` is the crop
+side the boxes are measured in (224), the card's metrics are the held-out masks' mean IoU.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from prism4m.pipeline.store import DatasetStore, now_iso
 from prism4m.tokenizers.base import SIZES, NeuralTokenizer
 from prism4m.tokenizers.card import TokenizerCard, config_hash, read_card
 from prism4m.tokenizers.crops import crop_all
+from prism4m.tokenizers.instances import CONTOUR_EPSILON, MASK_SIZE, MIN_AREA, MaskTokenizer
 from prism4m.tokenizers.metrics import reconstruction_metrics
 from prism4m.tokenizers.mlp import MLPTokenizer, mlp_architecture
 from prism4m.tokenizers.quantizer import codebook_usage
@@ -44,6 +50,8 @@ from prism4m.tokenizers.vq import VQTokenizer, vq_architecture
 
 CHECKPOINT_DIR = "_checkpoint"
 TEXT_FOLDERS = ("caption", "det", "metadata", "color_palette", "human_poses")
+#: ml-4m writes an instance's token t as v0=t (t < 512) or v1=t-512, and v1 stops at 999
+INSTANCE_MAX_VOCAB = 512 + 1000
 
 
 class TrainConfig(BaseModel):
@@ -115,6 +123,8 @@ def _loss(spec: ModalitySpec, recon: torch.Tensor, x: torch.Tensor) -> torch.Ten
         return F.cross_entropy(recon, x.long())
     if spec.loss == "smooth_l1":
         return F.smooth_l1_loss(recon, x)
+    if spec.loss == "bce":
+        return F.binary_cross_entropy_with_logits(recon, x)
     if spec.loss == "cosine":
         return (1 - F.cosine_similarity(recon, x, dim=-1)).mean() + 0.1 * F.mse_loss(recon, x)
     return F.mse_loss(recon, x)
@@ -129,12 +139,18 @@ def _build(spec: ModalitySpec, cfg: TrainConfig, channels: int) -> NeuralTokeniz
                              vocab_size=vocab, n_tokens=cfg.n_tokens, token_grid=[1, cfg.n_tokens],
                              input_size=cfg.input_size, architecture=arch)
         return MLPTokenizer.create(card)
-    arch = vq_architecture(spec, cfg.input_size, size, vocab, channels)
+    instances = spec.kind == "instances"
+    if instances and vocab > INSTANCE_MAX_VOCAB:
+        raise ValueError(f"{spec.name}: codebook_size {vocab} > {INSTANCE_MAX_VOCAB}, the ids ml-4m's "
+                         "sequence can write (v0=t below 512, v1=t-512 up to v1=999)")
+    # instance masks: the encoder sees the mask, input_size stays the crop side of the boxes
+    arch = vq_architecture(spec, MASK_SIZE if instances else cfg.input_size, size, vocab, channels)
     g = arch["grid"]
-    card = TokenizerCard(type="vq", modality=spec.name, token_folder=spec.token_folder(cfg.input_size),
-                         vocab_size=vocab, n_tokens=g * g, token_grid=[g, g], input_size=cfg.input_size,
-                         patch_size=spec.patch_size, architecture=arch)
-    return VQTokenizer.create(card)
+    cls = MaskTokenizer if instances else VQTokenizer
+    card = TokenizerCard(type=cls.type, modality=spec.name, token_folder=spec.token_folder(cfg.input_size),
+                         vocab_size=vocab, n_tokens=None if instances else g * g, token_grid=[g, g],
+                         input_size=cfg.input_size, patch_size=spec.patch_size, architecture=arch)
+    return cls.create(card)
 
 
 def _normalisation(spec: ModalitySpec) -> dict[str, Any]:
@@ -143,6 +159,8 @@ def _normalisation(spec: ModalitySpec) -> dict[str, Any]:
         "depth_truncated": {"kind": "depth_truncated", "percentiles": [10, 90], "per": "crop"},
         "standardize": {"kind": "standardize", "per": "channel", "stats": "in weights (in_mean, in_std)"},
         "none": {"kind": "class_ids", "shift_idx_by_one": True, "num_classes": spec.num_classes},
+        "binary": {"kind": "binary_mask", "mask_size": MASK_SIZE, "min_area_px": MIN_AREA,
+                   "threshold": 0.5, "contour_epsilon_px": CONTOUR_EPSILON},
     }[spec.normalise] | {"resample": spec.resample, "flip": spec.flip}
 
 
@@ -267,12 +285,20 @@ def train_tokenizer(root: str, modality: str, out_dir: str, config: TrainConfig 
     return card
 
 
+def text_folders(store: DatasetStore) -> list[str]:
+    """The sequence folders, plus the token folders that become sequences (``sam_instance@224``,
+    whose sequences need the words ``point``, ``polygon`` and ``none``)."""
+    from prism4m.tokenizers.serializers import token_sequence_folders
+
+    return list(TEXT_FOLDERS) + token_sequence_folders(store.ledger_folders())
+
+
 def collect_texts(store: DatasetStore, shards: list[int] | None = None) -> list[str]:
     """Captions and serialised sequence members of the committed shards (deterministic order)."""
-    from prism4m.tokenizers.serializers import SERIALIZERS
+    from prism4m.tokenizers.serializers import SERIALIZERS, TOKEN_FOLDER_SERIALIZERS
 
     texts = []
-    for folder in TEXT_FOLDERS:
+    for folder in text_folders(store):
         ledger = store.ledger(folder)
         for index in sorted(ledger) if shards is None else [i for i in shards if i in ledger]:
             hw = {}
@@ -286,7 +312,8 @@ def collect_texts(store: DatasetStore, shards: list[int] | None = None) -> list[
                     continue
                 value = json.loads(m.data) if m.ext.endswith("json") else m.data.decode("utf-8")
                 try:
-                    text = SERIALIZERS[folder](value, image_hw=hw.get(m.key), rng=rng)
+                    serialize = SERIALIZERS.get(folder) or TOKEN_FOLDER_SERIALIZERS[folder.split("@")[0]]
+                    text = serialize(value, image_hw=hw.get(m.key), rng=rng)
                 except (KeyError, ValueError, TypeError):
                     continue
                 if text:
@@ -298,7 +325,7 @@ def _train_text(store: DatasetStore, out_dir: str, cfg: TrainConfig) -> Tokenize
     from prism4m.tokenizers.text import WordPieceTokenizer, train_wordpiece
 
     # Every sequence folder counts (a root may have palettes and metadata but no captions).
-    shards = sorted(set().union(*(store.ledger(f) for f in TEXT_FOLDERS)))
+    shards = sorted(set().union(*(store.ledger(f) for f in text_folders(store))))
     held = shards[-1:] if len(shards) > 1 else []
     train = [s for s in shards if s not in held]
     chash = config_hash({"modality": "text", "root": store.url, "train": train, "vocab_size": cfg.vocab_size,

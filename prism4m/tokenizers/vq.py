@@ -4,7 +4,8 @@ The encoder cuts its input into patches (16 rgb pixels, or one cell of a clip/di
 feature map whose cells already are 16 / 14 pixel patches), runs pre-norm transformer
 blocks with fixed 2D sin-cos positions, and projects each token to a small latent that the
 cosine codebook (quantizer.py) maps to an id. The decoder mirrors it and predicts every
-patch's pixels (or class logits for class maps). Sizes range from "tiny" (tests, demo) to
+patch's pixels (class logits for class maps; mask logits for binary masks, which
+``decode_ids`` turns into probabilities). Sizes range from "tiny" (tests, demo) to
 "base" (ViT-B, as ml-4m's tokenizers); see base.SIZES.
 """
 
@@ -41,9 +42,10 @@ class VQModel(CodebookModel):
     def __init__(self, *, in_channels: int, out_channels: int, patch: int, grid: int, dim: int, depth: int,
                  heads: int, dec_dim: int, dec_depth: int, latent_dim: int, codebook_size: int,
                  num_classes: int = 0, class_emb_dim: int = 32, ema_decay: float = 0.99,
-                 dead_fraction: float = 1 / 32, standardize: bool = False):
+                 dead_fraction: float = 1 / 32, standardize: bool = False, binary: bool = False):
         super().__init__()
         self.patch, self.grid, self.num_classes, self.out_channels = patch, grid, num_classes, out_channels
+        self.binary = binary  # outputs are logits of a 0/1 mask (trained with binary cross-entropy)
         if num_classes:
             self.class_emb = nn.Embedding(num_classes, class_emb_dim)
             in_channels = class_emb_dim
@@ -77,7 +79,9 @@ class VQModel(CodebookModel):
 
     def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
         out = self.decode_latent(self.codebook.lookup(ids.reshape(ids.shape[0], -1)))
-        return out.argmax(dim=1) if self.num_classes else out
+        if self.num_classes:
+            return out.argmax(dim=1)
+        return torch.sigmoid(out) if self.binary else out
 
 
 class VQTokenizer(NeuralTokenizer):
@@ -86,7 +90,9 @@ class VQTokenizer(NeuralTokenizer):
 
 
 def vq_architecture(spec, input_size: int, size: dict, codebook_size: int, channels: int) -> dict:
-    """Model kwargs for a modality: patch in encoder-input cells, grid of tokens per side."""
+    """Model kwargs for a modality: patch in encoder-input cells, grid of tokens per side.
+
+    ``input_size``: side of the encoder input (instance masks: the mask side, not the crop's)."""
     grid = input_size // spec.patch_size
     if grid * spec.patch_size != input_size:
         raise ValueError(f"input_size {input_size} is not a multiple of the patch size {spec.patch_size}")
@@ -99,4 +105,5 @@ def vq_architecture(spec, input_size: int, size: dict, codebook_size: int, chann
         "dim": size["dim"], "depth": size["depth"], "heads": heads, "dec_dim": size["dec_dim"],
         "dec_depth": size["dec_depth"], "latent_dim": size["latent_dim"], "codebook_size": codebook_size,
         "num_classes": spec.num_classes, "standardize": spec.normalise == "standardize",
+        **({"binary": True} if spec.loss == "bce" else {}),
     }
