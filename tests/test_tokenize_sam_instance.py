@@ -12,16 +12,16 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 from pycocotools import mask as mask_utils
 
-from prism4m.pipeline.store import DatasetStore, Member, content_hash
+from prism4m.pipeline.store import DatasetStore
 from prism4m.tokenizers import export_parquet, load_tokenizer, tokenize, train_tokenizer
 from prism4m.tokenizers.instances import MIN_AREA, crop_instances, decode_label, read_member
 from prism4m.tokenizers.metrics import mask_iou
 from prism4m.tokenizers.samples import iter_shard_inputs
 from prism4m.tokenizers.serializers import serialize_sam_instance
 from prism4m.tokenizers.train import collect_texts
+from tokenize_fixtures import commit_labels, labelled_copy, rgb_sizes, tokenized_copy
 
 CROP = 224
 FOLDER = f"sam_instance@{CROP}"
@@ -61,28 +61,10 @@ def label_record(h: int, w: int) -> dict:
     return {"height": h, "width": w, "instances": out}
 
 
-def rgb_sizes(store: DatasetStore, index: int) -> dict[str, tuple[int, int]]:
-    return {m.key: Image.open(io.BytesIO(m.data)).size[::-1] for m in store.iter_shard("rgb", index)}
-
-
-def commit_labels(store: DatasetStore, index: int, data: dict[str, bytes], errors: list[dict] | None = None) -> None:
-    members = [Member(k, "json", v) for k, v in data.items()]
-    producer = {"name": "sam_instance", "kind": "labeler", "class": "test geometry", "version": "1", "config": {}}
-    store.commit_unit(index, {"sam_instance": members},
-                      {"sam_instance": {"producer": producer,
-                                        "inputs": {"rgb": content_hash(store.ledger("rgb")[index])}}},
-                      {"sam_instance": errors or []})
-
-
 @pytest.fixture(scope="module")
 def sam_root(photo_root, tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("sam_root") / "ds")
-    shutil.copytree(photo_root, root)
-    store = DatasetStore(root)
-    for index in sorted(store.ledger("rgb")):
-        commit_labels(store, index, {k: json.dumps(label_record(*hw)).encode()
-                                     for k, hw in rgb_sizes(store, index).items()})
-    return root
+    dst = str(tmp_path_factory.mktemp("sam_root") / "ds")
+    return labelled_copy(photo_root, dst, "sam_instance", lambda key, h, w: json.dumps(label_record(h, w)).encode())
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +76,7 @@ def mask_tokenizer(sam_root, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def tokenized_root(sam_root, mask_tokenizer, tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("sam_tok") / "ds")
-    shutil.copytree(sam_root, root)
-    summary = tokenize(root, [mask_tokenizer], workers=1, show_progress=False)
-    assert summary.ok, summary.failures
-    assert summary.planned == {FOLDER: 2}
-    return root
+    return tokenized_copy(sam_root, str(tmp_path_factory.mktemp("sam_tok") / "ds"), mask_tokenizer, FOLDER)
 
 
 def members_with_rows(store: DatasetStore, index: int):
@@ -234,7 +211,7 @@ def test_invalid_and_malformed_labels_become_invalid_entries(tokenized_root, mas
     data[bad_key] = json.dumps(label_record(h // 2, w // 2)).encode()  # masks not at the rgb size
     h, w = sizes[none_key]
     data[none_key] = json.dumps({"height": h, "width": w, "instances": []}).encode()
-    commit_labels(store, 0, data, [{"key": empty_key, "reason": "label_exception", "message": "test"}])
+    commit_labels(store, 0, "sam_instance", data, [{"key": empty_key, "reason": "label_exception", "message": "test"}])
 
     summary = tokenize(root, [mask_tokenizer], workers=1, show_progress=False)
     assert summary.ok and summary.stale == {FOLDER: 1}  # relabeled shard only, no crash

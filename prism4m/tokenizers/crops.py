@@ -72,7 +72,8 @@ def crop_all(spec: ModalitySpec, value: np.ndarray, rows: np.ndarray, input_size
     """Every crop row of one sample → the un-normalised encoder batch for ``spec``.
 
     image/classes: (n, C, S, S); feature: (n, C, g, g) with g = S // patch; global: (n, C);
-    instances: (instances kept over all crops, 1, 64, 64) masks (instances.crop_instances).
+    instances: (instances kept over all crops, 1, 64, 64) masks (instances.crop_instances);
+    pose: (persons, 51) box-relative keypoints, whatever the rows (poses.pose_vectors).
     ``region``: what a feature map covers (default: the centred square, see module docstring).
     """
     rows = np.asarray(rows).reshape(-1, 5)
@@ -80,6 +81,10 @@ def crop_all(spec: ModalitySpec, value: np.ndarray, rows: np.ndarray, input_size
         from prism4m.tokenizers.instances import crop_instances
 
         return crop_instances(value, rows, input_size).masks
+    if spec.kind == "pose":
+        from prism4m.tokenizers.poses import pose_vectors
+
+        return pose_vectors(value)
     if spec.kind in ("image", "classes"):
         return np.stack([crop_raster(value, r, input_size, spec.resample, spec.flip) for r in rows])
     region = region or centre_square(image_hw)

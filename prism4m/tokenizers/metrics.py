@@ -32,13 +32,26 @@ def mask_iou(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return {"mask_iou": float(iou.mean()) if len(iou) else 1.0, "pixel_accuracy": float((p == t).mean())}
 
 
-def reconstruction_metrics(spec: ModalitySpec, x: np.ndarray, recon: np.ndarray) -> dict[str, float]:
-    """``x`` and ``recon`` in the encoder's input space (class maps: ids; masks: probabilities)."""
+def keypoint_error(x: np.ndarray, recon: np.ndarray) -> float:
+    """Mean distance between keypoints of (N, 17·3) box-relative poses (poses.py), in box sides."""
+    a, b = x.reshape(len(x), -1, 3), recon.reshape(len(recon), -1, 3)
+    return float(np.hypot(a[..., 0] - b[..., 0], a[..., 1] - b[..., 1]).mean()) if len(a) else 0.0
+
+
+def reconstruction_metrics(spec: ModalitySpec, x: np.ndarray, recon: np.ndarray,
+                           stats: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    """``x`` and ``recon`` in the encoder's input space (class maps: ids; masks: probabilities);
+    ``stats``: the standardisation (mean, std), to report poses in box units."""
     if spec.kind == "classes":
         return class_iou(recon, x, spec.num_classes)
     if spec.kind == "instances":
         return mask_iou(recon, x)
     out = {"mse": float(np.mean((recon - x) ** 2))}
+    if spec.kind == "pose":
+        if stats is not None:
+            mean, std = stats
+            out["keypoint_error_box"] = keypoint_error(x * std + mean, recon * std + mean)
+        return out
     if spec.normalise == "unit":
         mse255 = float(np.mean((denormalise_unit(recon) - denormalise_unit(x)) ** 2))
         out.update({"mse_255": mse255, "psnr": psnr(mse255)})

@@ -3,7 +3,8 @@
 For every committed rgb shard and every tokenizer, each sample's label is cut with each of
 its crop_settings rows (crops.py), normalised (specs.py) and encoded in batches; the member
 ``KEY.npy`` holds int16 ``(n_crops, n_tokens)``, keys and order those of rgb/ (SAM instances:
-``sam_instance@224/KEY.json``, per crop each instance's box and tokens, instances.py). A sample whose
+``sam_instance@224/KEY.json``, per crop each instance's box and tokens, instances.py; poses:
+``human_poses@tok/KEY.json``, the labels with each person's tokens, poses.py). A sample whose
 label is an invalid record (or fails to decode) gets a zero-byte member and an error line
 (reason ``input_invalid`` / ``decode_error``), as DATASET.md requires. Units are shards; one
 actor runs all tokenizers of a shard, reading rgb/ and crop_settings/ once, and commits all
@@ -92,8 +93,8 @@ class TokenizeSummary:
 def tokenizer_producer(card, folder: str) -> dict:
     sizes = {"vocab_size": card.vocab_size, "n_tokens": card.n_tokens}
     if card.n_tokens is None:
-        # Per-instance tokens end up in a text sequence: the folder's vocabulary is the text
-        # tokenizer's, so readers (the trainer's registry) must not take the codebook's for it.
+        # Tokens per SAM instance / person end up in a text sequence: the folder's vocabulary is
+        # the text tokenizer's, so readers (the trainer's registry) must not take the codebook's.
         sizes = {"instance_codes": card.vocab_size, "tokens_per_instance": int(np.prod(card.token_grid or [0]))}
     return {"kind": "tokenizer", "name": folder, "type": card.type, "modality": card.modality,
             "card_hash": card.card_hash(), **sizes, "version": TOKENIZE_VERSION, "code_version": __version__}

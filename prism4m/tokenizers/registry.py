@@ -18,6 +18,7 @@ BUILTIN_TOKENIZERS: dict[str, str] = {
     "vq": "prism4m.tokenizers.vq:VQTokenizer",
     "vq_mask": "prism4m.tokenizers.instances:MaskTokenizer",
     "mlp": "prism4m.tokenizers.mlp:MLPTokenizer",
+    "mlp_pose": "prism4m.tokenizers.poses:PoseTokenizer",
     "wordpiece": "prism4m.tokenizers.text:WordPieceTokenizer",
 }
 

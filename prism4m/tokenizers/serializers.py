@@ -120,8 +120,13 @@ def _code_ids(ids) -> list[str]:
 
 
 def serialize_human_poses(value: dict, crop_row=None, image_hw=None, rng=None) -> str:
-    """Per person ``human <bbox>`` then the pose/global/camera/shape groups; ``none`` if empty."""
+    """Per person ``human <bbox>`` then the pose/global/camera/shape groups; ``none`` if empty.
+
+    ``value``: a human_poses label, or a ``human_poses@tok`` member (poses.py), which adds
+    ``pose_tokenized`` per person and the rgb ``height``/``width`` (used without ``image_hw``)."""
     people = []
+    if image_hw is None and value and "height" in value:
+        image_hw = (int(value["height"]), int(value["width"]))
     for p in _persons(value):
         if image_hw is None:
             raise ValueError("human_poses boxes are in pixels: pass image_hw")
@@ -203,10 +208,11 @@ SERIALIZERS = {
 }
 
 #: Sequences built from token folders rather than labels, keyed by the folder's name before
-#: "@" (``sam_instance@224``). Not in SERIALIZERS, whose keys are the label folders a text
-#: tokenizer reads: ``sam_instance/`` holds RLE masks, which have no sequence.
+#: "@" (``sam_instance@224``, ``human_poses@tok``). SERIALIZERS' keys are the label folders
+#: a text tokenizer reads (``sam_instance/`` holds RLE masks, which have no sequence).
 TOKEN_FOLDER_SERIALIZERS = {
     "sam_instance": serialize_sam_instance,
+    "human_poses": serialize_human_poses,  # human_poses@tok: the labels plus pose tokens
 }
 
 

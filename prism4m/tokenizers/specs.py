@@ -19,6 +19,9 @@ way in both. Kinds:
 - ``instances``: sam_instance JSON (one COCO RLE per instance at the rgb resolution); every
   instance that survives a crop becomes one 64×64 binary mask of its box (instances.py).
   Tokens are per instance, not per crop, and the member is JSON (instances.MaskTokenizer).
+- ``pose``: human_poses JSON (COCO keypoints per person); one vector per person, the
+  keypoints relative to its box (poses.py), the same for every crop row; the member is the
+  record with each person's ``pose_tokenized`` (poses.PoseTokenizer).
 
 Normalisation (recorded in the card): rgb/normal/edges ``x/127.5 - 1``; depth per crop by
 truncated standardisation (mean/std of the values between the 10th and 90th percentile, as
@@ -41,7 +44,7 @@ class ModalitySpec:
     name: str              # the spec's name, as the card's ``modality``
     folder: str            # source folder in the dataset root
     token_name: str        # ml-4m modality name of the tokens (folder gets ``@res`` for grids)
-    kind: str              # image | classes | feature | global | instances
+    kind: str              # image | classes | feature | global | instances | pose
     ext: str               # member extension in the source folder
     channels: int          # input channels (0: read from the data)
     loss: str              # mse | smooth_l1 | ce | cosine | bce
@@ -50,13 +53,22 @@ class ModalitySpec:
     flip: str = "plain"    # plain | normal_x
     normalise: str = "unit"  # unit | depth_truncated | standardize | binary
     default_vocab: int = 8192
+    default_tokens: int = 16  # tokens per vector (MLP tokenizers)
 
     @property
     def resample(self) -> str:
         return {"classes": "nearest", "instances": "bilinear"}.get(self.kind, "bicubic")
 
+    @property
+    def in_sequence(self) -> bool:
+        """Tokens that end up inside a text sequence (per instance / person, not per crop)."""
+        return self.kind in ("instances", "pose")
+
     def token_folder(self, input_size: int) -> str:
-        return self.token_name if self.kind == "global" else f"{self.token_name}@{input_size}"
+        if self.kind == "global":
+            return self.token_name
+        # poses do not depend on the crop: no resolution, but an "@" so the label folder keeps its name
+        return f"{self.token_name}@tok" if self.kind == "pose" else f"{self.token_name}@{input_size}"
 
 
 SPECS: dict[str, ModalitySpec] = {s.name: s for s in [
@@ -78,6 +90,8 @@ SPECS: dict[str, ModalitySpec] = {s.name: s for s in [
     # (`sam_instance@224`) so the label folder keeps its name (DATASET.md)
     ModalitySpec("sam_instance", "sam_instance", "sam_instance", "instances", "json", 1, "bce",
                  normalise="binary", default_vocab=1024),
+    ModalitySpec("human_poses", "human_poses", "human_poses", "pose", "json", 51, "smooth_l1",
+                 normalise="standardize", default_vocab=1024, default_tokens=8),
 ]}
 
 
@@ -89,11 +103,15 @@ def get_spec(name: str) -> ModalitySpec:
 
 def decode_value(spec: ModalitySpec, data: bytes) -> np.ndarray:
     """Member bytes → array: H×W×C uint8/uint16 rasters, H×W class ids, (N, C) float32 features;
-    instances: an instances.InstanceLabel."""
+    instances: an instances.InstanceLabel; pose: the human_poses record (dict)."""
     if spec.kind == "instances":
         from prism4m.tokenizers.instances import decode_label
 
         return decode_label(data)
+    if spec.kind == "pose":
+        from prism4m.tokenizers.poses import decode_label as decode_poses
+
+        return decode_poses(data)
     if spec.ext == "npy":
         arr = np.load(io.BytesIO(data), allow_pickle=False)
         if arr.ndim != 2:

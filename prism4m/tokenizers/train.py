@@ -19,6 +19,9 @@ tokens, once tokenized).
 SAM instances (``modality="sam_instance"``): the VQ model on the 64×64 masks of every
 instance kept in every crop (instances.py), binary cross-entropy; ``input_size`` is the crop
 side the boxes are measured in (224), the card's metrics are the held-out masks' mean IoU.
+
+Human poses (``modality="human_poses"``): the MLP model on every person's box-relative
+keypoints (poses.py), 8 tokens; metrics include the held-out keypoint error in box sides.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from prism4m.tokenizers.crops import crop_all
 from prism4m.tokenizers.instances import CONTOUR_EPSILON, MASK_SIZE, MIN_AREA, MaskTokenizer
 from prism4m.tokenizers.metrics import reconstruction_metrics
 from prism4m.tokenizers.mlp import MLPTokenizer, mlp_architecture
+from prism4m.tokenizers.poses import PoseTokenizer
 from prism4m.tokenizers.quantizer import codebook_usage
 from prism4m.tokenizers.samples import iter_shard_inputs
 from prism4m.tokenizers.specs import ModalitySpec, get_spec, normalise
@@ -50,8 +54,8 @@ from prism4m.tokenizers.vq import VQTokenizer, vq_architecture
 
 CHECKPOINT_DIR = "_checkpoint"
 TEXT_FOLDERS = ("caption", "det", "metadata", "color_palette", "human_poses")
-#: ml-4m writes an instance's token t as v0=t (t < 512) or v1=t-512, and v1 stops at 999
-INSTANCE_MAX_VOCAB = 512 + 1000
+#: ml-4m writes an instance's or a pose's token t as v0=t (t < 512) or v1=t-512, and v1 stops at 999
+SEQUENCE_MAX_VOCAB = 512 + 1000
 
 
 class TrainConfig(BaseModel):
@@ -60,7 +64,8 @@ class TrainConfig(BaseModel):
     size: str = Field("tiny", description="architecture preset: tiny | small | base")
     input_size: int = Field(224, ge=8, description="crop side fed to the encoder (rgb pixels)")
     codebook_size: int | None = Field(None, ge=2, description="vocabulary (default: ml-4m's for the modality)")
-    n_tokens: int = Field(16, ge=1, description="tokens per vector (MLP tokenizers)")
+    n_tokens: int | None = Field(None, ge=1, description="tokens per vector (MLP tokenizers; default 16, "
+                                                          "human_poses 8 as ml-4m)")
     steps: int = Field(1000, ge=0)
     max_seconds: float | None = Field(None, gt=0, description="stop after this much training time")
     batch_size: int = Field(16, ge=1)
@@ -133,22 +138,24 @@ def _loss(spec: ModalitySpec, recon: torch.Tensor, x: torch.Tensor) -> torch.Ten
 def _build(spec: ModalitySpec, cfg: TrainConfig, channels: int) -> NeuralTokenizer:
     size = SIZES[cfg.size]
     vocab = cfg.codebook_size or spec.default_vocab
-    if spec.kind == "global":
-        arch = mlp_architecture(size, channels, cfg.n_tokens, vocab)
-        card = TokenizerCard(type="mlp", modality=spec.name, token_folder=spec.token_folder(cfg.input_size),
-                             vocab_size=vocab, n_tokens=cfg.n_tokens, token_grid=[1, cfg.n_tokens],
-                             input_size=cfg.input_size, architecture=arch)
-        return MLPTokenizer.create(card)
-    instances = spec.kind == "instances"
-    if instances and vocab > INSTANCE_MAX_VOCAB:
-        raise ValueError(f"{spec.name}: codebook_size {vocab} > {INSTANCE_MAX_VOCAB}, the ids ml-4m's "
+    if spec.in_sequence and vocab > SEQUENCE_MAX_VOCAB:
+        raise ValueError(f"{spec.name}: codebook_size {vocab} > {SEQUENCE_MAX_VOCAB}, the ids ml-4m's "
                          "sequence can write (v0=t below 512, v1=t-512 up to v1=999)")
+    # tokens per instance / person, not per crop: the card has no n_tokens (see pretokenize's producer)
+    per_crop = not spec.in_sequence
+    if spec.kind in ("global", "pose"):
+        n = cfg.n_tokens or spec.default_tokens
+        cls = PoseTokenizer if spec.kind == "pose" else MLPTokenizer
+        card = TokenizerCard(type=cls.type, modality=spec.name, token_folder=spec.token_folder(cfg.input_size),
+                             vocab_size=vocab, n_tokens=n if per_crop else None, token_grid=[1, n],
+                             input_size=cfg.input_size, architecture=mlp_architecture(size, channels, n, vocab))
+        return cls.create(card)
     # instance masks: the encoder sees the mask, input_size stays the crop side of the boxes
-    arch = vq_architecture(spec, MASK_SIZE if instances else cfg.input_size, size, vocab, channels)
+    arch = vq_architecture(spec, MASK_SIZE if spec.kind == "instances" else cfg.input_size, size, vocab, channels)
     g = arch["grid"]
-    cls = MaskTokenizer if instances else VQTokenizer
+    cls = MaskTokenizer if spec.kind == "instances" else VQTokenizer
     card = TokenizerCard(type=cls.type, modality=spec.name, token_folder=spec.token_folder(cfg.input_size),
-                         vocab_size=vocab, n_tokens=None if instances else g * g, token_grid=[g, g],
+                         vocab_size=vocab, n_tokens=g * g if per_crop else None, token_grid=[g, g],
                          input_size=cfg.input_size, patch_size=spec.patch_size, architecture=arch)
     return cls.create(card)
 
@@ -270,7 +277,7 @@ def train_tokenizer(root: str, modality: str, out_dir: str, config: TrainConfig 
     recon = np.concatenate([tok.decode(ids[i:i + 64]) for i in range(0, len(ids), 64)])
     card = tok.card
     card.normalisation = _normalisation(spec)
-    card.metrics = {"held_out": reconstruction_metrics(spec, xs_held, recon),
+    card.metrics = {"held_out": reconstruction_metrics(spec, xs_held, recon, tok.input_stats),
                     "held_out_crops": int(len(xs_held)), "final_train_loss": last_loss}
     card.codebook = codebook_usage(ids, card.vocab_size)
     card.training = {
