@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import shutil
 
@@ -263,3 +264,25 @@ def test_text_training_sees_the_sequences_and_export_has_the_column(tokenized_ro
     assert FOLDER in table.column_names
     first = table.column(FOLDER)[0].as_py()
     assert json.loads(first)["crops"][0]["token_ids"]
+
+
+def test_trainer_reads_the_instance_sequences(tokenized_root, tmp_path):
+    """A 4M run can take sam_instance@224 as a sequence modality straight from the root."""
+    from prism4m.trainer.train import train
+
+    text_dir = str(tmp_path / "text")
+    train_tokenizer(tokenized_root, "text", text_dir, {"vocab_size": 5000, "min_frequency": 1}, progress=False)
+    summary = train({
+        "data": {"root": tokenized_root, "modalities": [FOLDER], "text_tokenizer": text_dir, "eval_shards": [1],
+                 "batch_size": 2, "num_workers": 0, "shuffle_buffer": 4},
+        "masking": {"num_input_tokens": 32, "num_target_tokens": 32, "mixture": "all2all"},
+        "model": {"size": "micro"}, "steps": 2, "out_dir": str(tmp_path / "run"), "print_table": False,
+        "torch_threads": 1,
+    })
+    (row,) = summary["table"]
+    assert row["modality"] == FOLDER and math.isfinite(row["val_loss"])
+    # The text tokenizer knows the sequence's words, so they are not [UNK].
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(f"{text_dir}/tokenizer.json")
+    assert tok.token_to_id("polygon") is not None and tok.token_to_id("point") is not None
