@@ -231,12 +231,14 @@ def tokenizer_train(
                                       "clip_global, dinov2_global, sam_instance, human_poses or text"),
     out: str = typer.Option(..., "--out", "-o", help="tokenizer directory to write (resumed if it exists)"),
     settings: list[str] = typer.Option([], "--set", "-s", help="TrainConfig KEY=VALUE, e.g. max_seconds=60 size=tiny"),
+    storage_options: Optional[str] = STORAGE,
     quiet: bool = QUIET,
 ) -> None:
     """Train a tokenizer on a root's labels; periodic checkpoints, resumable; metrics in its card."""
     from prism4m.tokenizers import train_tokenizer
 
-    card = train_tokenizer(root, modality, out, parse_key_values(settings), progress=not quiet)
+    card = train_tokenizer(root, modality, out, parse_key_values(settings), progress=not quiet,
+                           storage_options=_json_opt(storage_options, "--storage-options"))
     metrics = getattr(card, "metrics", {}) or {}
     typer.echo(f"tokenizer: {out} ({card.type}, vocab {card.vocab_size}); held-out: "
                f"{json.dumps(metrics.get('held_out', metrics), default=str)[:400]}")
@@ -249,6 +251,8 @@ def tokenize(
     workers: Optional[int] = WORKERS,
     force: bool = typer.Option(False, help="re-tokenize committed shards"),
     batch_size: int = typer.Option(64, help="crops per encoder forward"),
+    compression: str = typer.Option("gzip", help="token shards: gzip (a gzip'd tar under the usual .tar name; "
+                                                 "tarfile, GNU tar and webdataset/ml-4m detect it) or none"),
     ray_address: Optional[str] = RAY_ADDRESS,
     storage_options: Optional[str] = STORAGE,
     quiet: bool = QUIET,
@@ -256,7 +260,10 @@ def tokenize(
     """Crop × label → int16 tokens in tok_<mod>@<res>/ shards; a new tokenizer re-tokenizes, no relabeling."""
     from prism4m.tokenizers import tokenize as _tokenize
 
+    if compression not in ("gzip", "none"):
+        _fail(f"--compression {compression!r}: choose gzip or none")
     summary = _tokenize(root, list(tokenizer), workers=workers, force=force, batch_size=batch_size,
+                        compression=None if compression == "none" else compression,
                         ray_address=ray_address, show_progress=not quiet,
                         storage_options=_json_opt(storage_options, "--storage-options"))
     typer.echo(f"tokenize: ran {summary.planned or 'nothing'}; up to date {summary.skipped or '-'}; "

@@ -17,7 +17,7 @@ safe_load only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +29,7 @@ class IngestStep(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     workers: int | None = None
     force: bool = False
+    compression: Literal["gzip", "none"] = "gzip"  # token shards: gzip'd tar (same .tar name) or plain
 
 
 class LabelStep(BaseModel):
@@ -95,7 +96,8 @@ def run_extra_steps(spec: JobSpec, show_progress: bool = True) -> bool:
         from prism4m.tokenizers import train_tokenizer
 
         for step in spec.tokenizers:
-            card = train_tokenizer(spec.root, step.modality, step.out, step.config, progress=show_progress)
+            card = train_tokenizer(spec.root, step.modality, step.out, step.config, progress=show_progress,
+                                   storage_options=spec.storage_options or None)
             held = (card.metrics or {}).get("held_out", {})
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                               for k, v in held.items() if not isinstance(v, (dict, list)))
@@ -106,7 +108,8 @@ def run_extra_steps(spec: JobSpec, show_progress: bool = True) -> bool:
         dirs = spec.tokenize.tokenizers or [t.out for t in spec.tokenizers if t.modality != "text"]
         s = tokenize(spec.root, dirs, workers=spec.tokenize.workers, force=spec.tokenize.force,
                      ray_address=spec.ray_address, storage_options=spec.storage_options or None,
-                     show_progress=show_progress)
+                     show_progress=show_progress,
+                     compression=None if spec.tokenize.compression == "none" else spec.tokenize.compression)
         print(f"tokenize: ran {s.planned or 'nothing'}; up to date {s.skipped or '-'}")
         ok &= s.ok
     train_section = (spec.model_extra or {}).get("train")

@@ -189,3 +189,33 @@ def test_parquet_export_matches_the_shards(tokenized_root, tmp_path):
             assert table.column("shard")[i].as_py() == index
             assert np.array_equal(np.array(table.column(f"tok_rgb@{SIZE}")[i].as_py()), np.load(io.BytesIO(m.data)))
             assert np.array_equal(np.array(table.column("crop_settings")[i].as_py()), np.load(io.BytesIO(c.data)))
+
+
+def test_token_shards_are_gzipped_tars_that_webdataset_reads(tokenized_root, tokenizers, tmp_path):
+    """Default compression: smaller than the raw int16 tokens, still read by ml-4m's loader
+    (webdataset) under the .tar name; compression=None writes plain tars with the same tokens."""
+    import tarfile
+
+    import webdataset as wds
+
+    store = DatasetStore(tokenized_root)
+    folder = f"tok_rgb@{SIZE}"
+    path = f"{tokenized_root}/{folder}/shard-000000.tar"
+    data = open(path, "rb").read()
+    assert data[:2] == b"\x1f\x8b" and store.ledger(folder)[0]["compression"] == "gzip"
+    ours = {m.key: m.data for m in store.read_shard(folder, 0)}
+    seen = {s["__key__"]: s["npy"] for s in wds.WebDataset(path, shardshuffle=False)}
+    assert seen == ours and list(seen) == [m.key for m in store.iter_shard("rgb", 0)]
+    with tarfile.open(path) as tar:  # plain tarfile too ("r:*" detects gzip)
+        assert [i.name for i in tar.getmembers()] == [f"{k}.npy" for k in ours]
+
+    root = copy_root(tokenized_root, tmp_path)
+    plain = tokenize(root, [tokenizers["rgb"]], workers=1, force=True, compression=None, show_progress=False)
+    assert plain.ok
+    plain_store = DatasetStore(root)
+    raw = open(f"{root}/{folder}/shard-000000.tar", "rb").read()
+    assert raw[:2] != b"\x1f\x8b" and plain_store.ledger(folder)[0].get("compression") is None
+    assert {m.key: m.data for m in plain_store.read_shard(folder, 0)} == ours
+    assert len(data) < len(raw)
+    with pytest.raises(ValueError, match="compression"):
+        tokenize(root, [tokenizers["rgb"]], compression="zstd", show_progress=False)

@@ -13,6 +13,7 @@ contract of docs/DATASET.md lives in one place:
 from __future__ import annotations
 
 import datetime as _dt
+import gzip
 import hashlib
 import io
 import json
@@ -20,6 +21,7 @@ import posixpath
 import re
 import tarfile
 import uuid
+import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -115,13 +117,25 @@ class _HashingWriter(io.RawIOBase):
         return len(b)
 
 
-def build_tar(members: Iterable[Member]) -> bytes:
-    """Deterministic ustar bytes of ``members`` in the given order.
+COMPRESSIONS = (None, "gzip")
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_SHARD_BYTES = 4 * 2**30  # a decompressed shard larger than this is refused (gzip bomb guard)
+
+
+def build_tar(members: Iterable[Member], compression: str | None = None) -> bytes:
+    """Deterministic ustar bytes of ``members`` in the given order, optionally gzip-compressed.
 
     Same member layout as webdataset's TarWriter (KEY.ext, regular files) but written with
     the standard library: importing webdataset pulls in torch (~2-10 s per Ray worker), and
     we need fixed mtime/owner/mode for byte-identical reruns anyway.
+
+    ``compression="gzip"`` compresses the whole tar (gzip mtime 0, so still byte-identical
+    across runs) and keeps the ``.tar`` name: tarfile ("r:*"), GNU tar and webdataset (so
+    ml-4m's loader) detect gzip by its magic bytes. Whole-tar compression removes the 512-byte
+    header and padding each small member costs, which per-member compression cannot.
     """
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"unknown shard compression {compression!r}; choose from {COMPRESSIONS}")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for m in members:
@@ -132,11 +146,24 @@ def build_tar(members: Iterable[Member]) -> bytes:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(m.data))
+    if compression == "gzip":
+        return gzip.compress(buf.getvalue(), compresslevel=6, mtime=0)
     return buf.getvalue()
 
 
+def gunzip_bounded(data: bytes, source: str, limit: int = MAX_SHARD_BYTES) -> bytes:
+    """Decompress a gzip'd shard, refusing one that would expand beyond ``limit`` bytes."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = inflater.decompress(data, limit + 1)
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise UnsafeTarMember(f"{source}: gzip shard expands beyond {limit:,} bytes; refusing it")
+    return out
+
+
 def iter_tar_bytes(data: bytes, source: str = "<tar>") -> Iterator[Member]:
-    """Members of a tar held in memory, validated (no links, no paths, KEY.ext names)."""
+    """Members of a tar held in memory (plain or gzip'd), validated (no links, no paths, KEY.ext names)."""
+    if data[:2] == GZIP_MAGIC:
+        data = gunzip_bounded(data, source)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for info in tar:
             if not info.isfile():
@@ -297,7 +324,7 @@ class DatasetStore:
         staged: list[tuple[str, str]] = []
         written: dict[str, dict] = {}
         for folder, members in outputs.items():
-            data = build_tar(members)
+            data = build_tar(members, records[folder].get("compression"))
             tmp = self.tmp_path()
             self.fs.pipe_file(tmp, data)
             staged.append((tmp, self.shard_path(folder, index)))

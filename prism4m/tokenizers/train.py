@@ -212,14 +212,14 @@ def _finished_card(out_dir: str, chash: str) -> TokenizerCard | None:
 
 # ---------------------------------------------------------------------------------- entry point
 def train_tokenizer(root: str, modality: str, out_dir: str, config: TrainConfig | dict | None = None,
-                    *, progress: bool = True) -> TokenizerCard:
+                    *, progress: bool = True, storage_options: dict | None = None) -> TokenizerCard:
     """Train a tokenizer for ``modality`` (a name in specs.SPECS, or "text") on ``root``.
 
     Writes ``out_dir/card.json`` + weights and returns the card. Resumes from
     ``out_dir/_checkpoint`` when the config is unchanged; returns at once if finished.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config or {})
-    store = DatasetStore(root)
+    store = DatasetStore(root, storage_options)
     if modality == "text":
         return _train_text(store, out_dir, cfg)
     spec = get_spec(modality)

@@ -22,6 +22,7 @@ Stream layout, chosen so that a position is a single number per worker:
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import math
@@ -143,19 +144,28 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return out
 
 
+MAX_MEMBER_BYTES = 2**30  # one sample's tokens are kilobytes; anything near this is hostile
+
+
 def iter_tar_members(url: str) -> Iterator[tuple[str, str, bytes]]:
     """(key, extension, bytes) for each file member, in tar order, streaming.
 
     A small ustar/pax/GNU reader: the stdlib tarfile spent half the loader's time parsing
     headers. Readers refuse absolute member names and ``..`` (DATASET.md).
     """
-    with fsspec.open(url, "rb") as f:
+    with fsspec.open(url, "rb") as raw:
+        # Token shards may be gzip'd tars under the .tar name (DATASET.md): detect by magic.
+        magic = raw.read(2)
+        raw.seek(0)
+        f = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
         pending: dict[str, str] = {}
         while True:
             header = f.read(512)
             if len(header) < 512 or header == b"\0" * 512:
                 return
             size = _octal(header[124:136])
+            if size > MAX_MEMBER_BYTES:  # e.g. a gzip bomb: refuse before inflating it
+                raise ValueError(f"{url}: member of {size:,} bytes exceeds {MAX_MEMBER_BYTES:,}; refusing the shard")
             kind = header[156:157]
             data = f.read(size)
             if len(data) < size:
