@@ -143,6 +143,29 @@ def test_pixel_limit_is_configurable_and_checked_before_decoding():
 
 
 # ---------------------------------------------------------------------- pickle, YAML
+def test_gzip_shard_bombs_are_refused_before_inflating(tmp_path):
+    import gzip
+
+    from prism4m.pipeline.store import Member, build_tar, gunzip_bounded
+    from prism4m.trainer.data import iter_tar_members
+
+    # A gzip'd shard that inflates past the limit is refused, naming it.
+    bomb = gzip.compress(build_tar([Member("k", "npy", bytes(2**20))]))
+    assert len(bomb) < 5000
+    with pytest.raises(UnsafeTarMember, match="bomb.tar.*expands beyond"):
+        gunzip_bounded(bomb, "bomb.tar", limit=2**16)
+    # The trainer's streaming reader refuses a member that claims more than it allows.
+    header = bytearray(tarfile.TarInfo("k.npy").tobuf(format=tarfile.USTAR_FORMAT))
+    header[124:136] = b"%011o\0" % (2**31)  # size field: 2 GiB
+    path = tmp_path / "huge.tar"
+    path.write_bytes(gzip.compress(bytes(header) + bytes(1024)))
+    with pytest.raises(ValueError, match="huge.tar.*exceeds"):
+        list(iter_tar_members(str(path)))
+    # An honest gzip'd shard reads back.
+    ok = build_tar([Member("a", "npy", b"x" * 10)], "gzip")
+    assert [(m.key, m.data) for m in iter_tar_bytes(ok)] == [("a", b"x" * 10)]
+
+
 def test_npy_members_with_pickled_objects_are_refused():
     from prism4m.labelers.encoding import decode_npy
 
