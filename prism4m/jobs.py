@@ -29,7 +29,6 @@ class IngestStep(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     workers: int | None = None
     force: bool = False
-    compression: Literal["gzip", "none"] = "gzip"  # token shards: gzip'd tar (same .tar name) or plain
 
 
 class LabelStep(BaseModel):
@@ -53,6 +52,7 @@ class TokenizeStep(BaseModel):
     tokenizers: list[str] | None = None   # default: every tokenizer trained in this job (not text)
     workers: int | None = None
     force: bool = False
+    compression: Literal["gzip", "none"] = "gzip"  # token shards: gzip'd tar (same .tar name) or plain
 
 
 class JobSpec(BaseModel):

@@ -48,3 +48,13 @@ def test_relative_paths_are_resolved_against_the_job_file(tmp_path):
     (tmp_path / "j.yaml").write_text("root: out/ds\ningest: {source: photos}\n")
     spec = load_job(tmp_path / "j.yaml")
     assert spec.root == str(tmp_path / "out" / "ds") and spec.ingest.source == str(tmp_path / "photos")
+
+
+def test_tokenize_step_takes_a_compression_and_refuses_unknown_ones(tmp_path):
+    (tmp_path / "j.yaml").write_text("root: ds\ntokenize: {compression: none}\n")
+    assert load_job(tmp_path / "j.yaml").tokenize.compression == "none"
+    (tmp_path / "j.yaml").write_text("root: ds\ntokenize: {}\n")
+    assert load_job(tmp_path / "j.yaml").tokenize.compression == "gzip"
+    (tmp_path / "j.yaml").write_text("root: ds\ntokenize: {compression: zstd}\n")
+    with pytest.raises(Exception, match="compression"):
+        load_job(tmp_path / "j.yaml")
