@@ -27,19 +27,38 @@ def load_photo(name: str) -> np.ndarray:
     return img
 
 
-def write_photo_corpus(directory: str | Path, names: tuple[str, ...] = DEMO_PHOTOS) -> Path:
+def corner_windows(img: np.ndarray, n: int, fraction: float = 0.6) -> list[np.ndarray]:
+    """Up to four square windows (side ``fraction`` of the short side) at the image corners."""
+    h, w = img.shape[:2]
+    side = max(1, int(round(min(h, w) * fraction)))
+    corners = [(0, 0), (0, w - side), (h - side, 0), (h - side, w - side)]
+    return [img[t:t + side, l:l + side] for t, l in corners[:n]]
+
+
+def write_photo_corpus(directory: str | Path, names: tuple[str, ...] = DEMO_PHOTOS, windows: int = 0) -> Path:
+    """The photos as files; with ``windows`` > 0, one folder per photo holding the photo and
+    that many corner windows cut from it.
+
+    The windows give the tiny 4M run more (overlapping) training images; keeping each photo's
+    files in one folder keeps them together in sorted order, so with shard_size 1 + windows
+    a shard is exactly one photo and a held-out shard shares no pixels with training."""
     from PIL import Image
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     for name in names:
         img = load_photo(name)
         # RGBA and grayscale stay PNG (lossless, and they exercise alpha/gray conversion).
         ext = "png" if img.ndim == 2 or img.shape[-1] == 4 else "jpg"
-        Image.fromarray(img).save(directory / f"{name}.{ext}")
+        folder = directory / name if windows else directory
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{name}.{ext}")
+        for i, window in enumerate(corner_windows(img, windows)):
+            Image.fromarray(np.ascontiguousarray(window)).save(folder / f"{name}-window{i}.{ext}")
     return directory
 
 
 if __name__ == "__main__":
-    out = write_photo_corpus(sys.argv[1] if len(sys.argv) > 1 else "demo-out/corpus")
-    print(f"wrote {len(DEMO_PHOTOS)} photos to {out}")
+    args = [a for a in sys.argv[1:] if not a.startswith("--windows=")]
+    n_windows = next((int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--windows=")), 4)
+    out = write_photo_corpus(args[0] if args else "demo-out/corpus", windows=n_windows)
+    print(f"wrote {len(DEMO_PHOTOS)} photos and {n_windows} corner windows of each to {out}")
