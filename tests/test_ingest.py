@@ -199,3 +199,117 @@ def test_img2dataset_folder_metadata_is_not_an_error(tmp_path, ray_session):
     assert summary.samples_planned == 2
     store = DatasetStore(root)
     assert sorted(m.data.decode() for m in store.iter_shard("caption", 0)) == ["caption 0", "caption 1"]
+
+
+def _plan(root: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    store = DatasetStore(root)
+    return pq.read_table(store.p("_plan/ingest.parquet")).to_pylist()
+
+
+def _scan_errors(root: str) -> dict[str, dict]:
+    store = DatasetStore(root)
+    lines = store.read_bytes(store.p("_errors/ingest/scan.jsonl")).decode().splitlines()
+    return {e["source"]: e for e in map(json.loads, lines)}
+
+
+def test_grown_corpus_appends_and_dedups_against_committed_samples(tmp_path, ray_session):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    for i in range(5):
+        (src / "a" / f"{i}.jpg").write_bytes(_jpeg(i))
+    root = str(tmp_path / "ds")
+    ingest(str(src), root, shard_size=2, short_side=32, show_progress=False)
+    store = DatasetStore(root)
+    committed = {s: r["files"] for s, r in store.ledger("rgb").items()}
+    saved = _plan(root)
+    (src / "0_copy.jpg").write_bytes(_jpeg(1))  # the bytes of a committed sample; sorts first
+    (src / "b").mkdir()
+    (src / "b" / "x.jpg").write_bytes(_jpeg(7))
+    (src / "b" / "y.jpg").write_bytes(_jpeg(7))  # a duplicate among the new files
+    (src / "b" / "z.jpg").write_bytes(_jpeg(8))
+    grown = ingest(str(src), root, shard_size=2, short_side=32, show_progress=False)
+    assert grown.ok and grown.new_items == 4 and grown.duplicates == 2 and grown.samples_planned == 7
+
+    plan = _plan(root)
+    by_id = {r["source_id"]: r for r in plan}
+    # Saved rows stay first and as they were, except that an original lists its new duplicate.
+    assert [dict(r, duplicates=[]) for r in plan[:len(saved)]] == [dict(r, duplicates=[]) for r in saved]
+    assert by_id["a/1.jpg"]["duplicates"] == ["0_copy.jpg"]
+    assert [r["source_id"] for r in plan[len(saved):]] == ["0_copy.jpg", "b/x.jpg", "b/y.jpg", "b/z.jpg"]
+    assert by_id["0_copy.jpg"]["duplicate_of"] == by_id["a/1.jpg"]["key"] and by_id["0_copy.jpg"]["shard"] == -1
+    assert by_id["b/y.jpg"]["duplicate_of"] == by_id["b/x.jpg"]["key"] and by_id["b/x.jpg"]["duplicates"] == ["b/y.jpg"]
+    # New samples fill a new shard; committed shards are neither reopened nor rewritten.
+    assert by_id["b/x.jpg"]["shard"] == by_id["b/z.jpg"]["shard"] == max(committed) + 1
+    after = store.ledger("rgb")
+    assert {s: after[s]["files"] for s in committed} == committed and len(after) == len(committed) + 1
+    assert all(r["key"] == make_key(r["source_id"]) for r in plan)
+    errors = _scan_errors(root)
+    assert errors["0_copy.jpg"]["duplicate_of"] == by_id["a/1.jpg"]["key"]
+    assert errors["b/y.jpg"]["duplicate_of"] == by_id["b/x.jpg"]["key"]
+
+
+def test_plan_of_an_earlier_version_is_read_and_grown(tmp_path, ray_session):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prism4m.pipeline.ingest import plan_schema
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.jpg").write_bytes(_jpeg(i))
+    root = str(tmp_path / "ds")
+    ingest(str(src), root, shard_size=2, short_side=32, show_progress=False)
+    saved = _plan(root)
+    # Earlier versions wrote the plan from Python rows: all-null columns were typed null.
+    legacy = pa.Table.from_pylist(saved)
+    assert legacy.schema.field("caption").type == pa.null()
+    path = DatasetStore(root).p("_plan/ingest.parquet")
+    pq.write_table(legacy, path)
+    (src / "3.jpg").write_bytes(_jpeg(3))
+    grown = ingest(str(src), root, shard_size=2, short_side=32, show_progress=False)
+    assert grown.new_items == 1 and grown.samples_planned == 4 and grown.skipped_shards == 2
+    plan = _plan(root)
+    assert plan[:3] == saved and plan[3]["source_id"] == "3.jpg" and plan[3]["shard"] == 2
+    assert pq.read_schema(path).remove_metadata() == plan_schema()
+
+
+def test_items_are_planned_in_source_id_order_whatever_their_file_order(tmp_path, ray_session):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prism4m.pipeline.ingest import _load_plan_shard
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with tarfile.open(src / "t.tar", "w") as tar:
+        for i in reversed(range(4)):  # members in reverse name order
+            data = _jpeg(i)
+            info = tarfile.TarInfo(f"{i:05d}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    pq.write_table(pa.table({"image": [_jpeg(4 + i) for i in range(11)]}), src / "p.parquet")  # rows #10 < #2
+    root = str(tmp_path / "ds")
+    summary = ingest(str(src), root, shard_size=4, short_side=32, show_progress=False, scan_batch=1)
+    assert summary.ok and summary.samples_planned == 15
+    plan = _plan(root)
+    ids = [r["source_id"] for r in plan]
+    assert ids == sorted(ids) and ids[:3] == ["p.parquet#0", "p.parquet#1", "p.parquet#10"]
+    assert [r["shard"] for r in plan] == [i // 4 for i in range(15)]
+    store = DatasetStore(root)
+    for s in range(4):  # a worker reads exactly its shard's rows, in plan order
+        assert [r["source_id"] for r in _load_plan_shard(store, s)] == ids[4 * s:4 * s + 4]
+
+
+def test_listing_is_in_path_order_with_sidecars_and_refusals(tmp_path):
+    from prism4m.pipeline.sources import list_source
+
+    for name in ("a.jpg", "a/b.jpg", "a/b.txt", "a.b/c.png", "a0.jpg", "notes.md", "meta.json", ".DS_Store"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    files, skipped = list_source(str(tmp_path))
+    assert files["rel"].to_pylist() == ["a.b/c.png", "a.jpg", "a/b.jpg", "a0.jpg"]  # sorted(paths) order
+    assert files["caption_uri"].to_pylist() == [None, None, str(tmp_path / "a" / "b.txt"), None]
+    assert [(s.rel, s.reason) for s in skipped] == [("meta.json", "unsupported"), ("notes.md", "unsupported")]

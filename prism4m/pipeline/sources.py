@@ -16,9 +16,12 @@ import io
 import json
 import posixpath
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import fsspec
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "jfif"}
 CAPTION_EXTS = ("txt", "caption")
@@ -54,8 +57,20 @@ def _ext(name: str) -> str:
     return base.rsplit(".", 1)[-1].lower() if "." in base else ""
 
 
-def list_source(source: str, storage_options: dict | None = None) -> tuple[list[SourceFile], list[SkippedFile]]:
-    """Every readable file of ``source`` in a stable (sorted) order, and the files refused."""
+LISTING_COLUMNS = ("uri", "rel", "kind", "caption_uri")  # a listing's columns: SourceFile's fields
+
+
+def list_source(source: str, storage_options: dict | None = None) -> tuple[pa.Table, list[SkippedFile]]:
+    """Every readable file of ``source`` in a stable (sorted) order, and the files refused.
+
+    The files come as a table with SourceFile's fields as columns: a few bytes per file, where
+    a SourceFile each cost hundreds (a corpus of loose images has one file per sample). The
+    tree is read a directory at a time (a caption sidecar sits next to its image), so no
+    listing detail of the whole corpus is held at once either.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     fs, root = fsspec.core.url_to_fs(source, **(storage_options or {}))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     prefix = "" if protocol in ("file", "local") else f"{protocol}://"
@@ -66,34 +81,63 @@ def list_source(source: str, storage_options: dict | None = None) -> tuple[list[
     if not fs.exists(root):
         raise FileNotFoundError(f"source {source!r} does not exist")
     if fs.isfile(root):
-        paths, base = [root], posixpath.dirname(root)
+        folders, base = iter([[root]]), posixpath.dirname(root)
     else:
-        paths, base = sorted(fs.find(root)), root
-    img2dataset = any(p.endswith("_stats.json") for p in paths)
-    names = set(paths)
-    files: list[SourceFile] = []
+        folders = ([info["name"] for info in files.values()] for _, _, files in fs.walk(root, detail=True))
+        base = root
+    img2dataset = False
+    chunks: list[pa.Table] = []
     skipped: list[SkippedFile] = []
-    for p in paths:
-        rel = posixpath.relpath(p, base) if base else p
-        ext = _ext(p)
-        stem = p[: -(len(ext) + 1)] if ext else p
-        if ext in IMAGE_EXTS:
-            cap = next((stem + "." + c for c in CAPTION_EXTS if stem + "." + c in names), None)
-            files.append(SourceFile(url(p), rel, "image", url(cap) if cap else None))
-        elif ext == "tar":
-            files.append(SourceFile(url(p), rel, "tar"))
-        elif ext == "parquet":
-            files.append(SourceFile(url(p), rel, "parquet"))
-        elif ext in CAPTION_EXTS and any(stem + "." + e in names for e in IMAGE_EXTS):
-            continue  # caption sidecar, read with its image
-        elif img2dataset and (ext == "json" or p.endswith("_stats.json")):
-            continue  # img2dataset per-sample metadata and shard statistics
-        elif posixpath.basename(p).startswith("."):
-            continue  # hidden files (.DS_Store, ._foo) are not corpus content
-        else:
-            skipped.append(SkippedFile(url(p), rel, "unsupported",
-                                       f"{rel}: extension {ext or '(none)'!r} is not an image, tar or Parquet file"))
-    return files, skipped
+    json_files: list[pa.Array] = []  # img2dataset metadata, or unsupported: known once all is listed
+    for paths in folders:
+        names = set(paths)
+        rows: list[tuple] = []  # (uri, rel, kind, caption_uri)
+        jsons = []
+        for p in paths:
+            rel = posixpath.relpath(p, base) if base else p
+            ext = _ext(p)
+            stem = p[: -(len(ext) + 1)] if ext else p
+            if ext in IMAGE_EXTS:
+                cap = next((stem + "." + c for c in CAPTION_EXTS if stem + "." + c in names), None)
+                rows.append((url(p), rel, "image", url(cap) if cap else None))
+            elif ext in ("tar", "parquet"):
+                rows.append((url(p), rel, ext, None))
+            elif ext in CAPTION_EXTS and any(stem + "." + e in names for e in IMAGE_EXTS):
+                continue  # caption sidecar, read with its image
+            elif posixpath.basename(p).startswith("."):
+                continue  # hidden files (.DS_Store, ._foo) are not corpus content
+            elif ext == "json":
+                img2dataset = img2dataset or p.endswith("_stats.json")
+                jsons.append(p)
+            else:
+                skipped.append(_unsupported(url(p), rel, ext))
+        chunks.append(_listing_table(rows))
+        if jsons:
+            json_files.append(pa.array(jsons, pa.string()))
+    if not img2dataset:  # per-sample metadata and shard statistics of img2dataset are not corpus content
+        for p in (p for jsons in json_files for p in jsons.to_pylist()):
+            skipped.append(_unsupported(url(p), posixpath.relpath(p, base) if base else p, "json"))
+    files = pa.concat_tables(chunks) if chunks else _listing_table([])
+    skipped.sort(key=lambda s: s.uri)  # folders come in walk order; paths sort as uris do
+    return files.take(pc.sort_indices(files["uri"])), skipped
+
+
+def _listing_table(rows: list[tuple]) -> pa.Table:
+    """(uri, rel, kind, caption_uri) rows as a listing table."""
+    import pyarrow as pa
+
+    return pa.table([pa.array(list(col), pa.string()) for col in (zip(*rows) if rows else [()] * 4)],
+                    names=list(LISTING_COLUMNS))
+
+
+def _unsupported(uri: str, rel: str, ext: str) -> SkippedFile:
+    return SkippedFile(uri, rel, "unsupported",
+                       f"{rel}: extension {ext or '(none)'!r} is not an image, tar or Parquet file")
+
+
+def source_files(listing: pa.Table) -> list[SourceFile]:
+    """A listing's rows as SourceFile (a scan batch at a time)."""
+    return [SourceFile(**row) for row in listing.to_pylist()]
 
 
 @dataclass(frozen=True)
