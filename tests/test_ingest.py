@@ -254,7 +254,7 @@ def test_plan_of_an_earlier_version_is_read_and_grown(tmp_path, ray_session):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from prism4m.pipeline.ingest import plan_schema
+    from prism4m.pipeline.ingest_plan import plan_schema
 
     src = tmp_path / "src"
     src.mkdir()
@@ -280,7 +280,7 @@ def test_items_are_planned_in_source_id_order_whatever_their_file_order(tmp_path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from prism4m.pipeline.ingest import _load_plan_shard
+    from prism4m.pipeline.ingest_plan import load_plan_shard
 
     src = tmp_path / "src"
     src.mkdir()
@@ -300,7 +300,7 @@ def test_items_are_planned_in_source_id_order_whatever_their_file_order(tmp_path
     assert [r["shard"] for r in plan] == [i // 4 for i in range(15)]
     store = DatasetStore(root)
     for s in range(4):  # a worker reads exactly its shard's rows, in plan order
-        assert [r["source_id"] for r in _load_plan_shard(store, s)] == ids[4 * s:4 * s + 4]
+        assert [r["source_id"] for r in load_plan_shard(store, s)] == ids[4 * s:4 * s + 4]
 
 
 def test_listing_is_in_path_order_with_sidecars_and_refusals(tmp_path):
