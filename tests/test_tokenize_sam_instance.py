@@ -286,3 +286,21 @@ def test_trainer_reads_the_instance_sequences(tokenized_root, tmp_path):
 
     tok = Tokenizer.from_file(f"{text_dir}/tokenizer.json")
     assert tok.token_to_id("polygon") is not None and tok.token_to_id("point") is not None
+
+
+def test_report_draws_the_token_members_boxes(tokenized_root):
+    """The report shows sam_instance@224 as instance tokens (not as an empty RLE label)."""
+    from PIL import Image
+
+    from prism4m.report.render import SampleContext, renderer_for
+    from prism4m.report.stats import VALUES
+
+    store = DatasetStore(tokenized_root)
+    member = next(m for m in store.read_shard(FOLDER, 0) if m.data and json.loads(m.data)["crops"][0]["bbox"])
+    rgb = next(m for m in store.read_shard("rgb", 0) if m.key == member.key)
+    image = Image.open(io.BytesIO(rgb.data))
+    n = len(json.loads(member.data)["crops"][0]["bbox"])
+    panel = renderer_for(FOLDER, "json")(member.data, SampleContext(member.key, rgb=image))
+    assert f"{n} instances in crop 0" in panel.html
+    assert panel.image is not None and panel.image.size == image.size
+    assert VALUES["sam_instance"](member.data)[1] == [n]

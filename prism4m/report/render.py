@@ -155,8 +155,31 @@ def render_det(data: bytes, ctx: SampleContext) -> Panel:
     return Panel(img, f"{len(inst)} boxes: " + esc(", ".join(d.get("class_name", "?") for d in inst[:8])))
 
 
+def render_instance_tokens(rec: dict, ctx: SampleContext) -> Panel:
+    """A sam_instance@<size> token member: crop 0's instance boxes (crop pixels, [ymin, xmin,
+    ymax, xmax]) drawn where that crop lies on the rgb image."""
+    crops = rec.get("crops", [])
+    img = _base(ctx)
+    if not crops:
+        return Panel(img, "no crops")
+    crop, size = crops[0], float(rec.get("crop_size", 224))
+    top, left, h, w, flip = (int(v) for v in crop["crop"])
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((left, top, left + w, top + h), outline=(255, 255, 255), width=1)
+    for i, (ymin, xmin, ymax, xmax) in enumerate(crop.get("bbox", [])):
+        if flip:  # boxes are in the flipped crop: mirror them back onto the image
+            xmin, xmax = size - xmax, size - xmin
+        box = (left + xmin / size * w, top + ymin / size * h, left + xmax / size * w, top + ymax / size * h)
+        draw.rectangle(box, outline=class_color(i), width=2)
+    n_tokens = rec.get("tokens_per_instance", "?")
+    return Panel(img, f"{len(crop.get('bbox', []))} instances in crop 0 ({n_tokens} tokens each), "
+                      f"{len(crops)} crops")
+
+
 def render_sam_instance(data: bytes, ctx: SampleContext) -> Panel:
     rec = json.loads(data)
+    if "crops" in rec:  # the tokenize stage's member (sam_instance@224), not the RLE label
+        return render_instance_tokens(rec, ctx)
     inst = rec.get("instances", [])
     img = _base(ctx, (rec.get("height", 256), rec.get("width", 256)))
     arr = np.asarray(img).astype(np.float64)

@@ -92,7 +92,10 @@ def _det(d):
 
 
 def _sam(d):
-    return "num", [len(json.loads(d).get("instances", []))], None, "instances per image"
+    rec = json.loads(d)
+    if "crops" in rec:  # sam_instance@<size> tokens: count crop 0's instances
+        return "num", [len(rec["crops"][0]["bbox"]) if rec["crops"] else 0], None, "instances per crop"
+    return "num", [len(rec.get("instances", []))], None, "instances per image"
 
 
 def _poses(d):
