@@ -260,11 +260,14 @@ def tokenize(
     """Crop × label → int16 tokens in tok_<mod>@<res>/ shards; a new tokenizer re-tokenizes, no relabeling."""
     from prism4m.tokenizers import tokenize as _tokenize
 
-    if compression not in ("gzip", "none"):
-        _fail(f"--compression {compression!r}: choose gzip or none")
+    from prism4m.pipeline.store import shard_compression
+
+    try:
+        shard_compression(compression)
+    except ValueError as exc:
+        _fail(f"--compression: {exc}")
     summary = _tokenize(root, list(tokenizer), workers=workers, force=force, batch_size=batch_size,
-                        compression=None if compression == "none" else compression,
-                        ray_address=ray_address, show_progress=not quiet,
+                        compression=compression, ray_address=ray_address, show_progress=not quiet,
                         storage_options=_json_opt(storage_options, "--storage-options"))
     typer.echo(f"tokenize: ran {summary.planned or 'nothing'}; up to date {summary.skipped or '-'}; "
                f"stale re-tokenized {summary.stale or '-'} ({summary.wall_s:.1f}s)")

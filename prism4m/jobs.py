@@ -108,16 +108,14 @@ def run_extra_steps(spec: JobSpec, show_progress: bool = True) -> bool:
         dirs = spec.tokenize.tokenizers or [t.out for t in spec.tokenizers if t.modality != "text"]
         s = tokenize(spec.root, dirs, workers=spec.tokenize.workers, force=spec.tokenize.force,
                      ray_address=spec.ray_address, storage_options=spec.storage_options or None,
-                     show_progress=show_progress,
-                     compression=None if spec.tokenize.compression == "none" else spec.tokenize.compression)
+                     show_progress=show_progress, compression=spec.tokenize.compression)
         print(f"tokenize: ran {s.planned or 'nothing'}; up to date {s.skipped or '-'}")
         ok &= s.ok
     train_section = (spec.model_extra or {}).get("train")
     if train_section:
-        from prism4m.trainer.train import config_from_dict, train
+        from prism4m.trainer.train import config_from_dict, required_baselines_met, train
 
         cfg = config_from_dict(train_section, spec.base_dir, spec.root)
         summary = train(cfg)
-        table = summary.get("table") or []
-        ok &= not (cfg.require_beat_baseline and not all(r["beats_baseline"] for r in table))
+        ok &= required_baselines_met(cfg, summary)
     return ok

@@ -45,3 +45,8 @@ def test_bad_input_gets_a_clear_message_and_exit_code(photo_root, tmp_path):
     assert empty.exit_code == 2 and "run `prism4m ingest` first" in empty.output
     so = runner.invoke(app, ["status", photo_root, "--storage-options", "{not json"])
     assert so.exit_code == 2 and "--storage-options" in so.output
+
+
+def test_tokenize_refuses_an_unknown_compression_before_starting(photo_root, tmp_path):
+    result = runner.invoke(app, ["tokenize", photo_root, "-t", str(tmp_path / "tok"), "--compression", "zstd"])
+    assert result.exit_code == 2 and "--compression" in result.output and "gzip or none" in result.output

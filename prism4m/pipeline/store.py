@@ -122,6 +122,15 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_SHARD_BYTES = 4 * 2**30  # a decompressed shard larger than this is refused (gzip bomb guard)
 
 
+def shard_compression(name: str | None) -> str | None:
+    """A shard compression setting as build_tar takes it: "gzip", or None for plain tars
+    ("none" as users spell it on the command line and in job specs)."""
+    value = None if name in (None, "none") else name
+    if value not in COMPRESSIONS:
+        raise ValueError(f"unknown shard compression {name!r}; choose gzip or none")
+    return value
+
+
 def build_tar(members: Iterable[Member], compression: str | None = None) -> bytes:
     """Deterministic ustar bytes of ``members`` in the given order, optionally gzip-compressed.
 

@@ -41,7 +41,7 @@ import numpy as np
 from prism4m import __version__
 from prism4m.pipeline.execute import RunReport, run_units
 from prism4m.pipeline.progress import Progress
-from prism4m.pipeline.store import COMPRESSIONS, DatasetStore, Member, content_hash, producer_hash
+from prism4m.pipeline.store import DatasetStore, Member, content_hash, producer_hash, shard_compression
 
 #: bump when the same tokenizer would write different tokens (crop/normalise code changes)
 TOKENIZE_VERSION = "1"
@@ -98,6 +98,12 @@ def tokenizer_producer(card, folder: str) -> dict:
         sizes = {"instance_codes": card.vocab_size, "tokens_per_instance": int(np.prod(card.token_grid or [0]))}
     return {"kind": "tokenizer", "name": folder, "type": card.type, "modality": card.modality,
             "card_hash": card.card_hash(), **sizes, "version": TOKENIZE_VERSION, "code_version": __version__}
+
+
+def _carried_record(rec: dict) -> dict:
+    """The ledger fields a shard keeps when it is recommitted under another folder name
+    (kept versions, restores): what produced it, from what, its invalid keys, its compression."""
+    return {k: rec[k] for k in ("producer", "inputs", "invalid", "compression") if k in rec}
 
 
 def version_folder(folder: str, card_hash: str) -> str:
@@ -221,7 +227,7 @@ class TokenizeWorker:
                 if _read_record(store, keep, index) is None or \
                         _read_record(store, keep, index).get("producer_hash") != old.get("producer_hash"):
                     outputs[keep] = store.read_shard(job.folder, index)
-                    records[keep] = {k: old[k] for k in ("producer", "inputs", "invalid", "compression") if k in old}
+                    records[keep] = _carried_record(old)
                     errors[keep] = _read_errors(store, job.folder, index)
             kept = _read_record(store, version_folder(job.folder, job.producer["card_hash"]), index)
             if kept is not None and kept.get("producer_hash") == job.producer_hash and kept.get("inputs") == inputs:
@@ -312,7 +318,8 @@ def tokenize(root: str, tokenizer_dirs: list[str] | str, *, workers: int | None 
 
     ``compression``: "gzip" (default) writes each token shard as a gzip'd tar under the usual
     ``shard-%06d.tar`` name (readers detect it; tokens take ~0.7x their int16 size instead of
-    ~1.6x for small per-sample members); None writes plain tars (e.g. for random-access tools).
+    ~1.6x for small per-sample members); None or "none" writes plain tars (e.g. for
+    random-access tools).
 
     Skips shards whose ledger matches the tokenizer's card hash and the inputs read; a
     different tokenizer re-tokenizes (keeping the replaced tokens, see module docstring).
@@ -322,8 +329,7 @@ def tokenize(root: str, tokenizer_dirs: list[str] | str, *, workers: int | None 
     t0 = time.perf_counter()
     if isinstance(tokenizer_dirs, str):
         tokenizer_dirs = [tokenizer_dirs]
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"tokenize: compression {compression!r} is not one of {COMPRESSIONS}")
+    compression = shard_compression(compression)
     store = DatasetStore(root, storage_options)
     jobs = make_jobs([str(d) for d in tokenizer_dirs], folders)
     units, summary = plan_tokenize(store, jobs, force=force)
@@ -376,12 +382,12 @@ def select_token_version(root: str, folder: str, card_hash: str, storage_options
         if cur is not None and cur["producer"].get("card_hash") == card_hash:
             continue
         outputs = {folder: store.read_shard(kept_folder, index)}
-        records = {folder: {k: rec[k] for k in ("producer", "inputs", "invalid", "compression") if k in rec}}
+        records = {folder: _carried_record(rec)}
         errors = {folder: _read_errors(store, kept_folder, index)}
         if cur is not None and cur["producer"].get("kind") == "tokenizer":
             back = version_folder(folder, cur["producer"]["card_hash"])
             outputs[back] = store.read_shard(folder, index)
-            records[back] = {k: cur[k] for k in ("producer", "inputs", "invalid", "compression") if k in cur}
+            records[back] = _carried_record(cur)
             errors[back] = _read_errors(store, folder, index)
         store.commit_unit(index, outputs, records, errors)
         swapped += 1

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from prism4m.pipeline.store import GZIP_MAGIC
+
 from .masking import UnifiedMasker
 from .modalities import EOS_ID, ModalitySpec
 from .sequences import SERIALIZERS, Serializer, decode_member
@@ -157,7 +159,7 @@ def iter_tar_members(url: str) -> Iterator[tuple[str, str, bytes]]:
         # Token shards may be gzip'd tars under the .tar name (DATASET.md): detect by magic.
         magic = raw.read(2)
         raw.seek(0)
-        f = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
+        f = gzip.GzipFile(fileobj=raw) if magic == GZIP_MAGIC else raw
         pending: dict[str, str] = {}
         while True:
             header = f.read(512)
