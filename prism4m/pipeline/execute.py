@@ -95,7 +95,7 @@ def run_units(
     worker_cls: type,
     worker_args: tuple = (),
     *,
-    workers: int = 1,
+    workers: int | None = None,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
     resources: dict | None = None,
@@ -114,6 +114,10 @@ def run_units(
         num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or {},
         max_restarts=max_retries, max_task_retries=max_retries,
     )
+    if workers is None:  # as many as the cluster's CPUs fit
+        from prism4m.pipeline.ray_env import cluster_cpus
+
+        workers = max(1, int(cluster_cpus() // max(num_cpus, 1e-3)))
     n_actors = max(1, min(workers, len(units)))
     actors = [remote_cls.remote(*worker_args) for _ in range(n_actors)]
     try:

@@ -283,14 +283,12 @@ def ingest(source: str, root: str, config: IngestConfig | dict | None = None, *,
     release_memory()
     scan_errors = [{"source": s.uri, "reason": s.reason, "message": s.message} for s in skipped]
 
-    def ray_up() -> int:
+    def ray_up() -> int | None:
         if not summary.ray_start_s:
             from prism4m.pipeline.ray_env import ensure_ray
 
             summary.ray_start_s = ensure_ray(ray_address) or 1e-9
-        from prism4m.pipeline.ray_env import cluster_cpus
-
-        return workers or max(1, int(cluster_cpus()))
+        return workers  # None: run_units sizes the pool from what the cluster fits
 
     had_new_files = new_files.num_rows > 0
     if had_new_files:

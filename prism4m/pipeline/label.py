@@ -260,7 +260,7 @@ def label(root: str, modalities: list[str], configs: dict[str, dict] | None = No
     labelers = {name: make_labeler(name, configs.get(name)) for name in modalities}
     levels, summary = plan(store, labelers, force=force, update_stale=update_stale)
     if any(levels):
-        from prism4m.pipeline.ray_env import cluster_cpus, cluster_gpus, ensure_ray
+        from prism4m.pipeline.ray_env import cluster_gpus, ensure_ray
 
         summary.ray_start_s = ensure_ray(ray_address)
         for level_units in levels:
@@ -274,7 +274,6 @@ def label(root: str, modalities: list[str], configs: dict[str, dict] | None = No
                 # A GPU fraction on a cluster without GPUs would leave the actors pending forever:
                 # run on CPU there (the labeler's device falls back to cpu by itself).
                 num_gpus = min(1.0, sum(r.num_gpus for r in res)) if cluster_gpus() > 0 else 0.0
-                n_workers = workers or max(1, int(cluster_cpus() // max(num_cpus, 1e-3)))
                 specs = [(n, labelers[n].config.model_dump(mode="json")) for n in group]
                 prog = Progress(f"label {'+'.join(group)}", len(units), enabled=show_progress)
 
@@ -283,7 +282,7 @@ def label(root: str, modalities: list[str], configs: dict[str, dict] | None = No
                         store.record_failure(n, unit.shard, reason, message)
 
                 summary.reports.append(run_units(
-                    units, LabelWorker, (store, specs), workers=n_workers, num_cpus=num_cpus,
+                    units, LabelWorker, (store, specs), workers=workers, num_cpus=num_cpus,
                     num_gpus=num_gpus, max_retries=max_retries, progress=prog, on_failure=on_failure))
     if any(levels):  # a no-op rerun leaves the manifest as it is (and stays fast)
         from prism4m.pipeline.manifest import update_manifest

@@ -334,17 +334,16 @@ def tokenize(root: str, tokenizer_dirs: list[str] | str, *, workers: int | None 
     jobs = make_jobs([str(d) for d in tokenizer_dirs], folders)
     units, summary = plan_tokenize(store, jobs, force=force)
     if units:
-        from prism4m.pipeline.ray_env import cluster_cpus, ensure_ray
+        from prism4m.pipeline.ray_env import ensure_ray
 
         ensure_ray(ray_address)
-        n_workers = workers or max(1, int(cluster_cpus() // max(num_cpus, 1e-3)))
 
         def on_failure(unit: TokenizeUnit, reason: str, message: str) -> None:
             for j in unit.jobs:
                 store.record_failure(jobs[j].folder, unit.shard, reason, message)
 
         summary.report = run_units(
-            units, TokenizeWorker, (store, jobs, batch_size, int(max(1, num_cpus)), compression), workers=n_workers,
+            units, TokenizeWorker, (store, jobs, batch_size, int(max(1, num_cpus)), compression), workers=workers,
             num_cpus=num_cpus, max_retries=max_retries, on_failure=on_failure,
             progress=Progress("tokenize " + "+".join(j.folder for j in jobs), len(units), enabled=show_progress))
     from prism4m.pipeline.manifest import update_manifest
