@@ -10,6 +10,7 @@ check the contract: format, coordinates inside the image, one record per sample 
 from __future__ import annotations
 
 import json
+from difflib import SequenceMatcher
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ from model_fixtures_pose_caption import build_blip, build_rtdetr, build_vitpose
 from prism4m.labelers.base import LabelInput, MissingWeightsError
 from prism4m.labelers.registry import make_labeler
 
-IMAGES = {"astronaut": skdata.astronaut(), "chelsea": skdata.chelsea(), "coffee": skdata.coffee()}
+IMAGES = {"astronaut": skdata.astronaut(), "chelsea": skdata.chelsea(), "coffee": skdata.coffee(),
+          "rocket": skdata.rocket(), "camera": np.repeat(skdata.camera()[..., None], 3, axis=2)}
 
 
 def batch_of(*names: str) -> list[LabelInput]:
@@ -54,6 +56,33 @@ def poses(pose_dirs, **config):
     return make_labeler("human_poses", cfg)
 
 
+# Batched float maths is not bit-identical across batch sizes or CPUs (ENVIRONMENT.md: the
+# coffee image's keypoints differed in the 3rd-4th decimal between pose batches of 1 and 64 on
+# an AMD EPYC). Records computed with different batches are compared as decoded values:
+# boxes and keypoints within PX pixels (the noise is ~0.01 px; one heatmap cell of these
+# 64x48 crops is several pixels, so a wrong crop or person still fails), scores within SCORE
+# (records round to 1e-4; one rounding step plus noise).
+PX, SCORE = 0.5, 1e-3
+
+
+def assert_same_persons(got: bytes, want: bytes) -> None:
+    """Same persons (matched by box: near-tied scores may swap places), values within PX / SCORE."""
+    a, b = json.loads(got), json.loads(want)
+    assert set(a) == set(b)
+    pa, pb = a.get("persons", []), b.get("persons", [])
+    assert len(pa) == len(pb)
+    unmatched = list(pb)
+    for p in pa:
+        q = min(unmatched, key=lambda q: np.abs(np.subtract(p["bbox_xyxy"], q["bbox_xyxy"])).max())
+        unmatched.remove(q)
+        assert np.allclose(p["bbox_xyxy"], q["bbox_xyxy"], rtol=0, atol=PX), (p["bbox_xyxy"], q["bbox_xyxy"])
+        assert abs(p["score"] - q["score"]) <= SCORE
+        kp, kq = np.array(p["keypoints"]), np.array(q["keypoints"])
+        assert kp.shape == kq.shape == (17, 3)
+        assert np.abs(kp[:, :2] - kq[:, :2]).max() <= PX, np.abs(kp[:, :2] - kq[:, :2]).max()
+        assert np.abs(kp[:, 2] - kq[:, 2]).max() <= SCORE
+
+
 # ------------------------------------------------------------------ human_poses
 def test_pose_records_are_pixel_aligned_coco_keypoints(pose_dirs):
     labeler = poses(pose_dirs, max_persons=4)
@@ -78,17 +107,26 @@ def test_pose_records_are_pixel_aligned_coco_keypoints(pose_dirs):
 
 
 def test_pose_batch_gives_each_sample_its_own_record(pose_dirs):
-    labeler = poses(pose_dirs, max_persons=3)
-    together = labeler.label_batch(batch_of("chelsea", "astronaut", "coffee"))
-    alone = [labeler.label_batch(batch_of(n))[0] for n in ("chelsea", "astronaut", "coffee")]
-    assert together == alone
-    assert len(set(together)) == 3  # differently sized images, different records
+    # max_persons 10 keeps every person query: random weights score them all ≈0.334, some only
+    # 1e-6 apart, so a smaller cap would cut between near-ties that batching may reorder.
+    labeler = poses(pose_dirs, max_persons=10)
+    names = ("chelsea", "astronaut", "coffee")
+    together = labeler.label_batch(batch_of(*names))
+    alone = [labeler.label_batch(batch_of(n))[0] for n in names]
+    for got, want in zip(together, alone):
+        assert_same_persons(got, want)
+    # differently sized images, different boxes: a record given to the wrong sample would fail above
+    boxes = [sorted(p["bbox_xyxy"] for p in json.loads(m)["persons"]) for m in alone]
+    assert boxes[0] != boxes[1] != boxes[2] != boxes[0]
 
 
 def test_pose_crop_chunks_do_not_change_results(pose_dirs):
     batch = batch_of("astronaut", "coffee")
     one_by_one = poses(pose_dirs, max_persons=5, pose_batch_size=1).label_batch(batch)
-    assert one_by_one == poses(pose_dirs, max_persons=5, pose_batch_size=64).label_batch(batch)
+    chunked = poses(pose_dirs, max_persons=5, pose_batch_size=64).label_batch(batch)
+    for got, want in zip(chunked, one_by_one):
+        assert len(json.loads(want)["persons"]) == 5
+        assert_same_persons(got, want)
 
 
 def test_no_person_gives_empty_record(pose_dirs):
@@ -97,7 +135,7 @@ def test_no_person_gives_empty_record(pose_dirs):
 
 
 def test_mixed_batch_with_and_without_persons(pose_dirs, monkeypatch):
-    labeler = poses(pose_dirs, max_persons=2)
+    labeler = poses(pose_dirs, max_persons=10)  # every query: no cut between near-tied scores
     labeler.ensure_setup()
     real = labeler.detect_persons
 
@@ -109,9 +147,11 @@ def test_mixed_batch_with_and_without_persons(pose_dirs, monkeypatch):
     monkeypatch.setattr(labeler, "detect_persons", drop_middle)
     records = [json.loads(m) for m in labeler.label_batch(batch_of("astronaut", "chelsea", "coffee"))]
     assert records[1] == {}
-    assert len(records[0]["persons"]) == len(records[2]["persons"]) == 2
-    alone = json.loads(poses(pose_dirs, max_persons=2).label_batch(batch_of("coffee"))[0])
-    assert records[2] == alone
+    assert len(records[0]["persons"]) >= 1 and len(records[2]["persons"]) >= 1
+    # the empty middle record shifts nobody's poses: the last sample still gets its own
+    for name, record in (("astronaut", records[0]), ("coffee", records[2])):
+        alone = poses(pose_dirs, max_persons=10).label_batch(batch_of(name))[0]
+        assert_same_persons(json.dumps(record).encode(), alone)
 
 
 def test_pose_output_feeds_metadata_n_humans(pose_dirs):
@@ -174,11 +214,18 @@ def test_captions_are_stripped_utf8_text_one_per_sample(blip_dir):
 
 def test_caption_batch_alignment_and_determinism(blip_dir):
     labeler = captioner(blip_dir)
-    names = ("coffee", "astronaut", "chelsea")
+    names = ("coffee", "astronaut", "rocket", "camera")
     together = labeler.label_batch(batch_of(*names))
-    assert together == [labeler.label_batch(batch_of(n))[0] for n in names]
+    alone = [labeler.label_batch(batch_of(n))[0] for n in names]
+    assert len(set(alone)) == len(alone)        # captions depend on the image (and tell these apart)
+    # Alignment, not bytes: batched and single-image logits differ in their last bits, so a
+    # near-tie could pick another token on another CPU (here the top-2 gaps are ≥2e-3 against
+    # ~1e-6 of noise). Each sample's batched caption must be closest to its own single-image one.
+    for i, got in enumerate(together):
+        own, *others = [SequenceMatcher(None, got, want).ratio() for want in alone[i:] + alone[:i]]
+        assert own > max(others), (got, alone)
+    # the same batch in the same process is deterministic (no sampling): bytes may be compared
     assert together == captioner(blip_dir).label_batch(batch_of(*names))
-    assert len(set(together)) > 1               # captions depend on the image
 
 
 def test_caption_length_settings_apply(blip_dir):
