@@ -1,8 +1,9 @@
 """Worker death: a labeler that SIGKILLs its own Ray worker on a chosen key.
 
 Killed once → Ray restarts the actor, the unit is retried and everything commits. Killed
-every time → that unit is recorded as failed (`_errors/<folder>/_failed/`), the other units
-commit, and `prism4m label` exits non-zero with a summary naming the shard.
+every time → the shard is narrowed down to the key that kills it (pipeline/narrow.py): that
+sample becomes an invalid record with reason worker_died, named on stderr, and the rest of
+the shard and the other shards commit; `--retry-invalid` later reruns just that sample.
 
 The CLI runs in a subprocess (its own Ray, its exit code), with the test labeler
 registered through the `prism4m.labelers` entry-point group on PYTHONPATH so that the Ray
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from prism4m.labelers.testing import aligned_report, faults_claimed, write_entry_point_plugin
-from prism4m.pipeline.store import DatasetStore
+from prism4m.pipeline.store import DatasetStore, iter_tar_bytes as iter_tar
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -57,36 +58,54 @@ def test_killed_once_is_retried_and_commits(fresh_photo_root, tmp_path):
     assert out[victim]["h"] > 0  # the killed key has its real label, not an invalid record
 
 
-def test_persistent_death_is_recorded_others_commit_and_cli_fails(fresh_photo_root, tmp_path):
+def test_persistent_death_is_narrowed_to_its_key_and_the_rest_commits(fresh_photo_root, tmp_path):
     store = DatasetStore(fresh_photo_root)
     n_shards = len(store.ledger("rgb"))
     assert n_shards >= 2
     bad_shard = 0  # first in the queue: the bystanders behind it die with it
-    victim = _keys(store, bad_shard)[0]
+    keys = _keys(store, bad_shard)
+    victim = keys[2]
     plugin = write_entry_point_plugin(tmp_path / "plugin")
     # One worker: the other shard is queued on the same actor when it dies (a bystander that
     # must not be blamed).
     proc = _run_cli(["label", fresh_photo_root, "-m", "fault_injector,color_palette", "-q", "-w", "1",
                      "-c", f"fault_injector.fault_key={victim}"], plugin)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert f"FAILED label shard-{bad_shard:06d}" in proc.stderr, proc.stderr
-    assert "worker_died" in proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert victim in proc.stderr and "worker_died" in proc.stderr, proc.stderr  # the culprit is named
 
-    # The failure is on record for every folder of the failed unit (same actor group) …
+    # Every shard of both folders of the unit's actor group committed; only the culprit is invalid.
     for folder in ("fault_injector", "color_palette"):
-        failed = store.failed_units(folder)
-        assert set(failed) == {bad_shard}, (folder, failed)
-        assert failed[bad_shard]["reason"] == "worker_died"
-        # … and every other shard committed.
-        assert sorted(store.ledger(folder)) == [i for i in range(n_shards) if i != bad_shard]
+        assert store.failed_units(folder) == {}, folder
+        recs = store.ledger(folder)
+        assert sorted(recs) == list(range(n_shards)), (folder, recs)
+        assert recs[bad_shard]["invalid"] == [victim], folder
+        assert recs[bad_shard]["errors_by_reason"] == {"worker_died": 1}
+        assert all(not recs[i]["invalid"] for i in range(n_shards) if i != bad_shard)
+        members = store.read_shard(folder, bad_shard)
+        assert [m.key for m in members] == keys  # aligned with rgb
+        assert all(bool(m.data) == (m.key != victim) for m in members)
+    errors = store.read_errors("fault_injector")
+    assert [(e["key"], e["reason"]) for e in errors] == [(victim, "worker_died")]
+    aligned_report(store)
 
-    # status reports it; a rerun without the fault completes the dataset (failure record cleared).
+    # status reports the invalid sample by reason; --retry-invalid reruns just it once the
+    # fault is gone, and the shard is whole.
     st = subprocess.run([PRISM4M, "status", fresh_photo_root, "--json"], capture_output=True, text=True, timeout=120)
     assert st.returncode == 0, st.stderr
     folders = {f["folder"]: f for f in json.loads(st.stdout)["folders"]}
-    assert folders["fault_injector"]["failed"] == 1 and folders["fault_injector"]["committed"] == n_shards - 1
-    assert folders["color_palette"]["failed"] == 1
-    proc = _run_cli(["label", fresh_photo_root, "-m", "fault_injector,color_palette", "-q"], plugin)
+    assert folders["fault_injector"]["invalid"] == 1 and folders["fault_injector"]["committed"] == n_shards
+    assert folders["fault_injector"]["errors"] == {"worker_died": 1}
+    before = {i: store.read_bytes(store.shard_path("color_palette", i)) for i in range(n_shards)}
+    proc = _run_cli(["label", fresh_photo_root, "-m", "fault_injector,color_palette", "-q", "--retry-invalid"],
+                    plugin)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert store.failed_units("fault_injector") == {}
+    for folder in ("fault_injector", "color_palette"):
+        assert all(not r["invalid"] for r in store.ledger(folder).values()), folder
+    assert store.read_errors("fault_injector") == []
+    # The valid samples kept their committed bytes; the recovered one got its real label.
+    after = {m.key: m.data for m in store.read_shard("color_palette", bad_shard)}
+    kept = {m.key: m.data for m in iter_tar(before[bad_shard])}
+    assert all(after[k] == v for k, v in kept.items() if v)
+    assert after[victim]
+    assert all(store.read_bytes(store.shard_path("color_palette", i)) == before[i] for i in range(1, n_shards))
     aligned_report(store)

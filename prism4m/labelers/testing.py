@@ -69,6 +69,11 @@ class FaultInjectorLabeler(Labeler):
     Config = FaultInjectorConfig
     default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=64)
 
+    def output_config(self) -> dict:
+        # The fault settings describe the environment (a crash, a transient error), not the
+        # label: a rerun without the fault is the same producer, as after a real transient fault.
+        return {}
+
     def label_batch(self, batch: list[LabelInput]) -> list[bytes]:
         cfg = self.config
         if cfg.delay_s:

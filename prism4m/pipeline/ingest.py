@@ -20,46 +20,25 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from prism4m import __version__
 from prism4m.labelers.encoding import encode_json, encode_npy
 from prism4m.pipeline.crops import crop_settings
 from prism4m.pipeline.execute import run_units
 from prism4m.pipeline.images import BadImage, normalize_image
+from prism4m.pipeline.ingest_settings import IngestConfig, resolve_settings, save_settings
 from prism4m.pipeline.ingest_plan import (key_hash, load_plan_shard, make_key, plan_and_save, plan_counts,
                                            release_memory, scan_schema, unplanned_files)
 from prism4m.pipeline.progress import Progress
 from prism4m.pipeline.sources import SourceFile, UnsafeSource, iter_items, list_source, source_files
 from prism4m.pipeline.summary import StageSummary
-from prism4m.pipeline.store import DatasetStore, Member, producer_hash
+from prism4m.pipeline.producers import record_producers
+from prism4m.pipeline.store import DatasetStore, Member, absolute_url, producer_hash, shard_name
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 SCAN_ERRORS = "_errors/ingest/scan.jsonl"
 INGEST_FOLDERS = ("rgb", "source", "crop_settings")
-
-
-class IngestConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    shard_size: int = Field(1000, ge=1, description="samples per shard (ml-4m uses 1,000–10,000)")
-    short_side: int = Field(512, ge=32, description="resize so the short side is this (serves 224 and 448 crops)")
-    jpeg_quality: int = Field(90, ge=50, le=100)
-    n_crops: int = Field(5, ge=1, description="crop_settings rows per sample (row 0: centre square)")
-    crop_scale: tuple[float, float] = (0.8, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip_p: float = Field(0.5, ge=0, le=1)
-    seed: int = 0
-    min_side: int = Field(32, ge=1, description="smaller images are refused (too_small)")
-    max_pixels: int = Field(89_478_485, ge=1, description="larger images are refused (too_large; bomb guard)")
-    max_bytes: int = Field(256 * 2**20, ge=1, description="larger files are refused (too_large)")
-    dedup: bool = Field(True, description="drop content duplicates (recorded with duplicate_of)")
-    scan_batch: int = Field(256, ge=1, description="image files per scan task")
-
-    def output_fields(self) -> dict:
-        return self.model_dump(mode="json", exclude={"shard_size", "scan_batch", "max_bytes", "dedup"})
 
 
 @dataclass
@@ -70,6 +49,12 @@ class IngestSummary(StageSummary):
     duplicates: int = 0
     scan_errors: dict[str, int] = field(default_factory=dict)
     skipped_shards: int = 0
+    captions_added: int = 0   # committed shards that got an aligned caption shard (no re-decode)
+    refused: list[dict] = field(default_factory=list)  # {"shard", "message"}: committed shard kept
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.refused
 
 
 # ---------------------------------------------------------------------- scan (Ray)
@@ -86,7 +71,8 @@ class ScanUnit:
 
 
 class ScanWorker:
-    """Reads each item once to hash it; container errors are reported, not raised.
+    """Reads each item once to hash it; container errors and refused members are reported
+    (one error line each, naming the file or member), not raised.
 
     Items come back as Arrow IPC bytes (raw 32-byte digests, the file as a row number): the
     driver holds every scanned item of a run until it has planned them, and held as one bytes
@@ -107,13 +93,15 @@ class ScanWorker:
         for i, f in enumerate(source_files(unit.files), start=unit.start):
             try:
                 for it in iter_items(f, self.so):
+                    if it.reason:  # a tar member refused on its own (unsafe, repeated, no image)
+                        errors.append({"source": f"{f.uri}#{it.member}", "member": it.member,
+                                       "reason": it.reason, "message": it.message})
+                        continue
                     key = make_key(it.source_id)
                     rows.append((i, it.source_id, it.member, hashlib.sha256(it.data).digest(), len(it.data),
                                  it.caption, key, key_hash(key)))
-            except UnsafeSource as exc:  # absolute/'..' members, links: refused whole
-                errors.append({"source": f.uri, "reason": "unsafe", "message": str(exc)})
-            except ValueError as exc:  # unreadable tar / Parquet without image column
-                errors.append({"source": f.uri, "reason": "undecodable", "message": str(exc)})
+            except ValueError as exc:  # unreadable tar / Parquet (SourceError says which reason)
+                errors.append({"source": f.uri, "reason": getattr(exc, "reason", "undecodable"), "message": str(exc)})
             except OSError as exc:
                 errors.append({"source": f.uri, "reason": "unreadable", "message": f"{f.uri}: {exc}"})
         schema = scan_schema()
@@ -148,6 +136,11 @@ def _scan_units(files: pa.Table, batch: int) -> list[ScanUnit]:
 @dataclass(frozen=True)
 class IngestUnit:
     shard: int  # the worker reads this shard's rows from the saved plan (the driver ships no items)
+    # "shard": decode and commit every folder; "captions": only give a committed shard its
+    # aligned caption shard (keys from its committed source/ shard; nothing is decoded).
+    mode: str = "shard"
+    skip_keys: tuple[str, ...] = ()    # samples that killed a worker: recorded, never decoded again
+    probe_keys: tuple[str, ...] | None = None  # narrowing a worker death: process these, commit nothing
 
 
 class IngestWorker:
@@ -161,14 +154,22 @@ class IngestWorker:
         return True
 
     def process(self, unit: IngestUnit) -> dict:
+        if unit.mode == "captions":
+            return self._add_captions(unit)
         t0 = time.perf_counter()
         cfg = self.cfg
         items = load_plan_shard(self.store, unit.shard)
+        skip = set(unit.skip_keys)
+        errors: list[dict] = [
+            {"key": it["key"], "source": it["source_id"], "reason": "worker_died",
+             "message": f"{it['source_id']}: decoding it killed the ingest worker; not retried"}
+            for it in items if it["key"] in skip]
+        items = [it for it in items if it["key"] not in skip and
+                 (unit.probe_keys is None or it["key"] in unit.probe_keys)]
         by_file: dict[str, list[dict]] = defaultdict(list)
         for it in items:
             by_file[it["file_uri"]].append(it)
         raw: dict[str, tuple[bytes, str | None]] = {}
-        errors: list[dict] = []
         for file_items in by_file.values():
             first = file_items[0]
             f = SourceFile(first["file_uri"], first["file_rel"], first["kind"], first["caption_uri"])
@@ -216,18 +217,59 @@ class IngestWorker:
             outputs["crop_settings"].append(Member(key, "npy", encode_npy(crops)))
             if self.has_captions:
                 outputs["caption"].append(Member(key, "txt", (caption or "").encode()))
+        if unit.probe_keys is not None:
+            return {"samples": len(outputs["rgb"]), "shard": unit.shard, "probe": True}
+        refusal = self._shrinks_committed(unit.shard, len(outputs["rgb"]), errors)
+        if refusal:
+            return {"samples": 0, "shard": unit.shard, "refused": refusal}
         producer = ingest_producer(cfg)
         records = {f: {"producer": producer, "inputs": {}, "random_weights": False,
                        "wall_s": round(time.perf_counter() - t0, 4)} for f in outputs}
         if self.has_captions:
-            records["caption"]["producer"] = {**producer, "name": "source_caption"}
+            records["caption"]["producer"] = caption_producer(cfg)
             records["caption"]["invalid"] = [m.key for m in outputs["caption"] if not m.data]
         self.store.commit_unit(unit.shard, outputs, records, {"rgb": errors})
         return {"samples": len(outputs["rgb"]), "shard": unit.shard, "errors": len(errors)}
 
+    def _shrinks_committed(self, shard: int, n_valid: int, errors: list[dict]) -> str | None:
+        """Why this result must not replace the committed shard, if it must not.
+
+        A recompute (``--force``) whose inputs went missing would commit fewer samples than
+        the shard holds: the committed shard is kept and the shard is refused, naming the files.
+        """
+        path = self.store.ledger_path("rgb", shard)
+        if not self.store.exists(path):
+            return None
+        old = self.store.read_json(path)
+        old_valid = old["n_samples"] - len(old.get("invalid", []))
+        if n_valid >= old_valid:
+            return None
+        missing = [e["source"] for e in errors if e["reason"] in ("unreadable", "worker_died")]
+        if not missing:
+            return None  # fewer samples because of the settings (e.g. a larger min_side): the user's choice
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        return (f"rgb/{shard_name(shard)}: kept as committed ({old_valid} samples); recomputing it would "
+                f"leave {n_valid} because its source is gone or unreadable: {shown}")
+
+    def _add_captions(self, unit: IngestUnit) -> dict:
+        """An aligned caption shard for a committed shard, from the plan's captions (no decode)."""
+        t0 = time.perf_counter()
+        captions = {it["key"]: it.get("caption") for it in load_plan_shard(self.store, unit.shard)}
+        keys = [m.key for m in self.store.iter_shard("source", unit.shard)]
+        members = [Member(k, "txt", (captions.get(k) or "").encode()) for k in keys]
+        record = {"producer": caption_producer(self.cfg), "inputs": {}, "random_weights": False,
+                  "invalid": [m.key for m in members if not m.data], "wall_s": round(time.perf_counter() - t0, 4)}
+        self.store.commit_unit(unit.shard, {"caption": members}, {"caption": record})
+        return {"samples": len(members), "shard": unit.shard, "errors": 0, "captions_only": True}
+
 
 def ingest_producer(cfg: IngestConfig) -> dict:
     return {"kind": "ingest", "name": "ingest", "config": cfg.output_fields(), "code_version": __version__}
+
+
+def caption_producer(cfg: IngestConfig) -> dict:
+    """The corpus's own captions: ingest owns the caption folder they are written to."""
+    return {**ingest_producer(cfg), "name": "source_caption"}
 
 
 def _append_scan_errors(store: DatasetStore, lines: list[dict]) -> None:
@@ -268,12 +310,17 @@ def ingest(source: str, root: str, config: IngestConfig | dict | None = None, *,
            force: bool = False, ray_address: str | None = None, storage_options: dict | None = None,
            source_options: dict | None = None, show_progress: bool = True, max_retries: int = 2,
            **overrides) -> IngestSummary:
-    """Ingest ``source`` into the dataset root ``root``. Keyword overrides set IngestConfig fields."""
+    """Ingest ``source`` into the dataset root ``root``. Keyword overrides set IngestConfig fields.
+
+    Settings not given (None) are the root's own (ingest_settings.py); a given setting that
+    differs from the root's is refused unless ``force`` re-ingests every shard with it.
+    """
     t0 = time.perf_counter()
     if isinstance(config, IngestConfig):
-        config = config.model_dump()
-    cfg = IngestConfig.model_validate({**(config or {}), **overrides})
+        config = config.model_dump(exclude_unset=True)
     store = DatasetStore(root, storage_options)
+    source = absolute_url(source)
+    cfg = resolve_settings(store, {**(config or {}), **overrides}, force=force)
     summary = IngestSummary()
 
     listing, skipped = list_source(source, source_options)
@@ -304,35 +351,66 @@ def ingest(source: str, root: str, config: IngestConfig | dict | None = None, *,
         del scanned
     del new_files
     release_memory()
+    save_settings(store, cfg)
+    record_producers(store, {f: (ingest_producer(cfg), []) for f in INGEST_FOLDERS})
     _append_scan_errors(store, scan_errors)
     for e in scan_errors:
         summary.scan_errors[e["reason"]] = summary.scan_errors.get(e["reason"], 0) + 1
     counts = plan_counts(store)
     summary.duplicates, summary.samples_planned = counts.duplicates, counts.samples
 
-    has_captions = counts.has_captions
-    current = producer_hash(ingest_producer(cfg))
-    folders = INGEST_FOLDERS + (("caption",) if has_captions else ())
-    ledgers = {f: store.ledger(f) for f in folders}
-    units = []
-    for s in counts.shards:
-        done = all(ledgers[f].get(s, {}).get("producer_hash") == current for f in folders if f != "caption") and \
-            (not has_captions or s in ledgers["caption"])
-        if done and not force:
-            summary.skipped_shards += 1
-            continue
-        units.append(IngestUnit(s))
+    units = _plan_units(store, cfg, counts.shards, counts.has_captions, force, summary)
     if units:
-        n_workers = ray_up()
-        report = run_units(units, IngestWorker, (store, cfg.model_dump(mode="json"), source_options, has_captions),
-                           workers=n_workers, max_retries=max_retries,
-                           progress=Progress("ingest", len(units), enabled=show_progress),
-                           on_failure=lambda u, reason, msg: [store.record_failure(f, u.shard, reason, msg)
-                                                              for f in folders])
-        summary.reports.append(report)
-    if units or had_new_files or not store.exists(store.p("prism4m.json")):
-        from prism4m.pipeline.manifest import update_manifest
+        folders = INGEST_FOLDERS + (("caption",) if counts.has_captions else ())
+        worker_args = (store, cfg.model_dump(mode="json"), source_options, counts.has_captions)
 
-        update_manifest(store, ingest={"source": source, "config": cfg.model_dump(mode="json")})
+        def on_failure(u: IngestUnit, reason: str, msg: str) -> None:
+            for f in (("caption",) if u.mode == "captions" else folders):
+                store.record_failure(f, u.shard, reason, msg)
+
+        from prism4m.pipeline.narrow import run_narrowing_deaths
+
+        report = run_narrowing_deaths(
+            units, IngestWorker, worker_args, keys_of=lambda u: [it["key"] for it in load_plan_shard(store, u.shard)],
+            workers=ray_up(), max_retries=max_retries, on_failure=on_failure,
+            progress=Progress("ingest", len(units), enabled=show_progress))
+        summary.reports.append(report)
+        summary.refused = [{"shard": r["shard"], "message": r["refused"]} for r in report.results if r.get("refused")]
+        summary.captions_added = sum(1 for r in report.results if r.get("captions_only"))
+    from prism4m.pipeline.manifest import ensure_manifest
+
+    ensure_manifest(store, force=bool(units or had_new_files),
+                    ingest={"sources": _sources_seen(store, source), "config": cfg.model_dump(mode="json")})
     summary.wall_s = time.perf_counter() - t0
     return summary
+
+
+def _plan_units(store: DatasetStore, cfg: IngestConfig, shards: list[int], has_captions: bool, force: bool,
+                summary: IngestSummary) -> list[IngestUnit]:
+    """Shards to (re)ingest, and committed shards that only lack their aligned caption shard.
+
+    A shard whose rgb/source/crop_settings were made with this run's settings is done; a
+    root that gains captions (a captioned source appended) gives its committed shards a
+    caption shard from the plan, re-decoding nothing.
+    """
+    current = producer_hash(ingest_producer(cfg))
+    ledgers = {f: store.ledger(f) for f in (*INGEST_FOLDERS, "caption")}
+    units = []
+    for s in shards:
+        done = all(ledgers[f].get(s, {}).get("producer_hash") == current for f in INGEST_FOLDERS)
+        if done and not force:
+            summary.skipped_shards += 1
+            if has_captions and s not in ledgers["caption"]:
+                units.append(IngestUnit(s, mode="captions"))
+            continue
+        units.append(IngestUnit(s))
+    return units
+
+
+def _sources_seen(store: DatasetStore, source: str) -> list[str]:
+    """Every source ingested into this root, oldest first (the manifest's record of them)."""
+    ingest_section = store.read_manifest().get("ingest", {})
+    seen = list(ingest_section.get("sources", []))
+    if ingest_section.get("source") and ingest_section["source"] not in seen:
+        seen.append(ingest_section["source"])  # manifests written before roots kept a list
+    return seen + ([source] if source not in seen else [])

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from prism4m.pipeline.ingest import IngestConfig
+    from prism4m.pipeline.ingest_settings import IngestConfig
 
 PLAN_PATH = "_plan/ingest.parquet"
 PLAN_ROW_GROUP = 2048  # shards grow along the plan's rows: small row groups let a worker read just its own

@@ -19,7 +19,7 @@ import numpy as np
 
 from prism4m.labelers.base import LabelInput, Labeler
 from prism4m.labelers.registry import make_labeler
-from prism4m.pipeline.execute import run_units
+from prism4m.pipeline.producers import is_stale, owned_by_other, record_producers
 from prism4m.pipeline.progress import Progress
 from prism4m.pipeline.summary import StageSummary
 from prism4m.pipeline.store import DatasetStore, Member, content_hash, producer_hash
@@ -36,6 +36,9 @@ class LabelUnit:
     shard: int
     labelers: tuple[str, ...]          # folders this unit (re)computes, all in one actor group
     inputs: tuple[str, ...]            # other folders to read for them
+    retry_invalid: bool = False        # recompute only the invalid samples of the committed shards
+    skip_keys: tuple[str, ...] = ()    # samples that killed a worker: invalid (worker_died), not run
+    probe_keys: tuple[str, ...] | None = None  # narrowing a worker death: run these, commit nothing
 
 
 @dataclass
@@ -43,6 +46,8 @@ class LabelSummary(StageSummary):
     planned: dict[str, int] = field(default_factory=dict)   # folder → units to run
     skipped: dict[str, int] = field(default_factory=dict)   # folder → committed, up to date
     stale_skipped: dict[str, int] = field(default_factory=dict)
+    retried: dict[str, int] = field(default_factory=dict)   # folder → shards whose invalid samples rerun
+    owned_skipped: dict[str, dict[str, int]] = field(default_factory=dict)  # folder → {other producer: shards}
 
 
 def order_levels(labelers: dict[str, Labeler], committed: set[str]) -> list[list[str]]:
@@ -97,23 +102,39 @@ class LabelWorker:
     def process(self, unit: LabelUnit) -> dict:
         t0 = time.perf_counter()
         rgb_members = self.store.read_shard(RGB, unit.shard)
-        images = [decode_rgb(m) for m in rgb_members]
+        probe = None if unit.probe_keys is None else set(unit.probe_keys)
+        images = {m.key: decode_rgb(m) for m in rgb_members if probe is None or m.key in probe}
         inputs: dict[str, dict[str, bytes]] = {}
         for folder in unit.inputs:
             inputs[folder] = {m.key: m.data for m in self.store.read_shard(folder, unit.shard) if not m.is_invalid}
         decode_s = time.perf_counter() - t0
         ledger_records = {f: self.store.read_json(self.store.ledger_path(f, unit.shard))
                           for f in (RGB, *unit.inputs) if f in inputs or f == RGB}
+        skip = set(unit.skip_keys)
         outputs, records, errors = {}, {}, {}
+        recovered = 0
         for name in unit.labelers:
             lab = self.labelers[name]
             t1 = time.perf_counter()
             wanted = (*lab.requires, *lab.optional_inputs)
-            samples = [LabelInput(m.key, img, {f: inputs[f][m.key] for f in wanted
-                                              if f in inputs and m.key in inputs[f]})
-                       for m, img in zip(rgb_members, images)]
-            payloads, errs = run_labeler(lab, samples)
-            outputs[name] = [Member(s.key, lab.extension, p) for s, p in zip(samples, payloads)]
+            payloads: dict[str, bytes] = {}
+            if unit.retry_invalid:  # keep the committed valid members; rerun only the invalid ones
+                payloads = {m.key: m.data for m in self.store.read_shard(name, unit.shard) if not m.is_invalid}
+            errs = [{"key": k, "reason": "worker_died",
+                     "message": f"{lab.name}: this sample killed the label worker; not retried"}
+                    for k in (m.key for m in rgb_members) if k in skip]
+            samples = [LabelInput(m.key, images[m.key], {f: inputs[f][m.key] for f in wanted
+                                                        if f in inputs and m.key in inputs[f]})
+                       for m in rgb_members
+                       if m.key in images and m.key not in skip and m.key not in payloads]
+            done, run_errs = run_labeler(lab, samples)
+            payloads.update((s.key, p) for s, p in zip(samples, done))
+            errs += run_errs
+            if probe is not None:
+                continue
+            if unit.retry_invalid:
+                recovered += sum(1 for s in samples if payloads[s.key])
+            outputs[name] = [Member(m.key, lab.extension, payloads.get(m.key, b"")) for m in rgb_members]
             read = (RGB, *[f for f in wanted if f in inputs])
             records[name] = {
                 "producer": lab.producer(),
@@ -126,9 +147,12 @@ class LabelWorker:
                 "wall_s": round(time.perf_counter() - t1 + decode_s / len(unit.labelers), 4),
             }
             errors[name] = errs
+        if probe is not None:
+            return {"samples": len(images), "shard": unit.shard, "probe": True}
         self.store.commit_unit(unit.shard, outputs, records, errors)
         return {"samples": len(rgb_members), "shard": unit.shard, "labelers": list(unit.labelers),
-                "invalid": sum(len(e) for e in errors.values()), "wall_s": time.perf_counter() - t0}
+                "invalid": sum(len(e) for e in errors.values()), "recovered": recovered,
+                "wall_s": time.perf_counter() - t0}
 
 
 def _device_name(device: str) -> str:
@@ -195,12 +219,16 @@ def _check_outputs(lab: Labeler, out, n: int) -> None:
 
 
 def plan(store: DatasetStore, labelers: dict[str, Labeler], *, force: bool = False,
-         update_stale: bool = False, shards: list[int] | None = None) -> tuple[list[list[LabelUnit]], LabelSummary]:
+         update_stale: bool = False, retry_invalid: bool = False, overwrite_owned: bool = False,
+         shards: list[int] | None = None) -> tuple[list[list[LabelUnit]], LabelSummary]:
     """Units to run, level by level; everything else is reported as skipped.
 
     A committed unit is *stale* when its producer (labeler, config, code version) changed or
-    an input it read was recommitted since; it is recomputed only with ``update_stale``. A
-    unit whose input is recomputed in this very run is recomputed after it.
+    an input it read was recommitted since (producers.is_stale, as `status` decides it); it is
+    recomputed only with ``update_stale``. A unit whose input is recomputed in this very run is
+    recomputed after it. ``retry_invalid`` reruns just the invalid samples of up-to-date
+    shards. A shard another producer wrote (the corpus's own captions) is never replaced
+    unless ``overwrite_owned``.
     """
     rgb = store.ledger(RGB)
     if not rgb:
@@ -214,40 +242,51 @@ def plan(store: DatasetStore, labelers: dict[str, Labeler], *, force: bool = Fal
     changing: set[tuple[str, int]] = set()  # (folder, shard) recomputed in this run
     out: list[list[LabelUnit]] = []
     for level in levels:
-        todo: dict[tuple[str, int], list[str]] = defaultdict(list)  # (group, shard) → labelers
+        todo: dict[tuple[str, int, bool], list[str]] = defaultdict(list)  # (group, shard, retry) → labelers
         for name in level:
             lab = labelers[name]
-            current = producer_hash(lab.producer())
+            producer = lab.producer()
+            current = producer_hash(producer)
             reads = (RGB, *lab.requires, *lab.optional_inputs)
             for s in shard_ids:
                 rec = records[name].get(s)
+                if rec is not None and not overwrite_owned and owned_by_other(rec, producer):
+                    other = f"{rec['producer'].get('kind', '?')}:{rec['producer'].get('name', '?')}"
+                    owned = summary.owned_skipped.setdefault(name, {})
+                    owned[other] = owned.get(other, 0) + 1
+                    continue
                 upstream_changes = any((f, s) in changing for f in reads)
+                retry = False
                 if rec is None or force or upstream_changes:
                     run = True
                 else:
-                    inputs_now = {f: content_hash(records[f].get(s)) for f in reads
-                                  if records.get(f, {}).get(s) is not None}
-                    stale = rec.get("producer_hash") != current or rec.get("inputs", {}) != inputs_now
+                    stale = is_stale(rec, current, reads, records, s)
                     run = stale and update_stale
                     if stale and not update_stale:
                         summary.stale_skipped[name] = summary.stale_skipped.get(name, 0) + 1
                     elif not stale:
-                        summary.skipped[name] = summary.skipped.get(name, 0) + 1
+                        retry = run = retry_invalid and bool(rec.get("invalid"))
+                        if retry:
+                            summary.retried[name] = summary.retried.get(name, 0) + 1
+                        else:
+                            summary.skipped[name] = summary.skipped.get(name, 0) + 1
                 if run:
-                    todo[(lab.config.group, s)].append(name)
+                    todo[(lab.config.group, s, retry)].append(name)
                     changing.add((name, s))
-                    summary.planned[name] = summary.planned.get(name, 0) + 1
+                    if not retry:
+                        summary.planned[name] = summary.planned.get(name, 0) + 1
         level_units = []
-        for (_, s), names in sorted(todo.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        for (_, s, retry), names in sorted(todo.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
             ins = tuple(sorted({f for n in names for f in (*labelers[n].requires, *labelers[n].optional_inputs)
                                 if f in committed_folders or f in labelers}))
-            level_units.append(LabelUnit(s, tuple(names), ins))
+            level_units.append(LabelUnit(s, tuple(names), ins, retry_invalid=retry))
         out.append(level_units)
     return out, summary
 
 
 def label(root: str, modalities: list[str], configs: dict[str, dict] | None = None, *,
           workers: int | None = None, force: bool = False, update_stale: bool = False,
+          retry_invalid: bool = False, overwrite_owned: bool = False,
           ray_address: str | None = None, storage_options: dict | None = None,
           show_progress: bool = True, max_retries: int = 2) -> LabelSummary:
     """Label every committed rgb shard of ``root`` with ``modalities`` (output folder names)."""
@@ -258,8 +297,13 @@ def label(root: str, modalities: list[str], configs: dict[str, dict] | None = No
     if unknown_cfg:
         raise PlanError(f"config given for labelers not in this run: {', '.join(sorted(unknown_cfg))}")
     labelers = {name: make_labeler(name, configs.get(name)) for name in modalities}
-    levels, summary = plan(store, labelers, force=force, update_stale=update_stale)
+    levels, summary = plan(store, labelers, force=force, update_stale=update_stale, retry_invalid=retry_invalid,
+                           overwrite_owned=overwrite_owned)
+    # What the user asked for is what `status` measures staleness against from now on.
+    record_producers(store, {n: (lab.producer(), [RGB, *lab.requires, *lab.optional_inputs])
+                             for n, lab in labelers.items() if n not in summary.owned_skipped or overwrite_owned})
     if any(levels):
+        from prism4m.pipeline.narrow import run_narrowing_deaths
         from prism4m.pipeline.ray_env import cluster_gpus, ensure_ray
 
         summary.ray_start_s = ensure_ray(ray_address)
@@ -275,18 +319,19 @@ def label(root: str, modalities: list[str], configs: dict[str, dict] | None = No
                 # run on CPU there (the labeler's device falls back to cpu by itself).
                 num_gpus = min(1.0, sum(r.num_gpus for r in res)) if cluster_gpus() > 0 else 0.0
                 specs = [(n, labelers[n].config.model_dump(mode="json")) for n in group]
-                prog = Progress(f"label {'+'.join(group)}", len(units), enabled=show_progress)
+                desc = f"label {'+'.join(group)}"
 
                 def on_failure(unit: LabelUnit, reason: str, message: str) -> None:
                     for n in unit.labelers:
                         store.record_failure(n, unit.shard, reason, message)
 
-                summary.reports.append(run_units(
+                summary.reports.append(run_narrowing_deaths(
                     units, LabelWorker, (store, specs), workers=workers, num_cpus=num_cpus,
-                    num_gpus=num_gpus, max_retries=max_retries, progress=prog, on_failure=on_failure))
-    if any(levels):  # a no-op rerun leaves the manifest as it is (and stays fast)
-        from prism4m.pipeline.manifest import update_manifest
+                    num_gpus=num_gpus, max_retries=max_retries, on_failure=on_failure, describe=desc,
+                    keys_of=lambda u: [m.key for m in store.iter_shard(RGB, u.shard)],
+                    progress=Progress(desc, len(units), enabled=show_progress)))
+    from prism4m.pipeline.manifest import ensure_manifest
 
-        update_manifest(store)
+    ensure_manifest(store, force=any(levels))  # a no-op rerun rewrites it only when it lags the ledger
     summary.wall_s = time.perf_counter() - t0
     return summary

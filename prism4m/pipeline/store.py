@@ -34,10 +34,25 @@ LEDGER_DIR = "_ledger"
 ERRORS_DIR = "_errors"
 TMP_DIR = "_tmp"
 FORMAT_VERSION = "prism4m/1"
+TMP_GRACE_S = 15 * 60  # _tmp/ entries older than this belong to no live writer
 
 
 class UnsafeTarMember(ValueError):
     """A tar member whose name could escape its folder or break key alignment."""
+
+
+def absolute_url(url: str) -> str:
+    """A local path as an absolute path; any other fsspec URL unchanged.
+
+    Ray workers do not share the driver's working directory: a relative root or source must
+    be resolved on the driver, before anything is shipped to them.
+    """
+    import os
+
+    protocol, path = fsspec.core.split_protocol(url)
+    if protocol not in (None, "file", "local"):
+        return url
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def shard_name(index: int, ext: str = "tar") -> str:
@@ -189,7 +204,7 @@ class DatasetStore:
     """A dataset root (local path or fsspec URL such as ``s3://bucket/ds``)."""
 
     def __init__(self, root: str, storage_options: dict | None = None):
-        self.url = str(root).rstrip("/")
+        self.url = absolute_url(str(root)).rstrip("/") or "/"
         self.fs, path = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
         self.path = path.rstrip("/") or "/"
         self.storage_options = storage_options or {}
@@ -379,10 +394,25 @@ class DatasetStore:
             if self.fs.exists(path):
                 self.fs.rm(path)
 
-    def clean_tmp(self) -> None:
+    def clean_tmp(self, older_than_s: float = TMP_GRACE_S) -> int:
+        """Remove writers' orphans from _tmp/ (a killed writer leaves its staged files there).
+
+        Only entries older than ``older_than_s``: a live writer (another command on the same
+        root) moves its staged files into place within seconds. Returns how many were removed.
+        """
         base = self.p(TMP_DIR)
-        if self.fs.exists(base):
-            self.fs.rm(base, recursive=True)
+        try:
+            entries = self.fs.ls(base, detail=True)
+        except FileNotFoundError:
+            return 0
+        cutoff = _dt.datetime.now(_dt.timezone.utc).timestamp() - older_than_s
+        old = [e["name"] for e in entries if _modified(e) is not None and _modified(e) < cutoff]
+        for name in old:
+            try:
+                self.fs.rm(name, recursive=True)
+            except FileNotFoundError:
+                pass
+        return len(old)
 
     # ----------------------------------------------------------------- manifest
     def read_manifest(self) -> dict:
@@ -391,6 +421,14 @@ class DatasetStore:
 
     def write_manifest(self, manifest: dict) -> None:
         self.write_bytes_atomic(self.p(MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())
+
+
+def _modified(entry: dict) -> float | None:
+    """A listing entry's modification time as a POSIX timestamp (local files and object stores)."""
+    value = entry.get("mtime", entry.get("LastModified", entry.get("last_modified")))
+    if isinstance(value, _dt.datetime):
+        return value.timestamp() if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc).timestamp()
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def now_iso() -> str:
