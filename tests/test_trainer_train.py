@@ -13,6 +13,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from trainer_fixtures import make_text_tokenizer, token_modalities, write_token_root  # noqa: E402
 
+from prism4m.errors import UserError  # noqa: E402
 from prism4m.trainer.modalities import build_registry  # noqa: E402
 from prism4m.trainer.model import FourM  # noqa: E402
 from prism4m.trainer.train import main, param_groups, train  # noqa: E402
@@ -131,10 +132,15 @@ def test_registry_reads_tokenizer_cards_from_the_manifest_and_config_overrides_w
     (tmp_path / "prism4m.json").write_text(json.dumps({
         "modalities": {"tok_depth@224": {"tokenizer_card": {"type": "vq", "vocab_size": 1024, "token_grid": [7, 7]}}}
     }))
-    registry = build_registry(["tok_depth@224", "tok_rgb@224", "caption"], str(tmp_path), {"caption": {"num_tokens": 64}})
+    registry = build_registry(["tok_depth@224", "caption"], str(tmp_path), {"caption": {"num_tokens": 64}})
     assert (registry["tok_depth@224"].vocab_size, registry["tok_depth@224"].num_tokens) == (1024, 49)
-    assert registry["tok_rgb@224"].vocab_size == 16384 and registry["tok_rgb@224"].num_tokens == 196  # ml-4m default
     assert registry["caption"].type == "seq" and registry["caption"].num_tokens == 64
+    # A token folder the root does not describe: its vocabulary is never guessed (ml-4m's
+    # 16384 would train on the wrong ids); an override states it.
+    with pytest.raises(UserError, match=r"tok_rgb@224.*modality_overrides\.tok_rgb@224\.vocab_size"):
+        build_registry(["tok_rgb@224"], str(tmp_path))
+    registry = build_registry(["tok_rgb@224"], str(tmp_path), {"tok_rgb@224": {"vocab_size": 1024}})
+    assert registry["tok_rgb@224"].vocab_size == 1024 and registry["tok_rgb@224"].num_tokens == 196  # ml-4m grid
     with pytest.raises(ValueError, match="tok_unknown"):
         build_registry(["tok_unknown@224"])
 

@@ -12,6 +12,11 @@ and every assumption is printed with the numbers:
 - actors scale linearly (no contention for disks, network or the object store);
 - labelers run one after another and the whole cluster (G GPUs) is held throughout, so
   GPU-hours = hours × G.
+
+A pilot labelled with random weights (its ledger records say ``random_weights``) is
+measured all the same, but its rows are flagged ``[RANDOM WEIGHTS]`` and a warning says
+why that matters: an untrained model's outputs (how many masks, boxes, caption tokens)
+and so its time per image can differ from the real model's.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class LabelerEstimate:
     actors: int
     hours: float
     gpu_hours: float
+    random_weights: bool = False  # measured on a model with random weights
 
 
 @dataclass
@@ -46,6 +52,11 @@ class Estimate:
     rows: list[LabelerEstimate]
     missing: list[str] = field(default_factory=list)   # labelers without a measurement
     assumptions: list[str] = field(default_factory=list)
+
+    @property
+    def random_weights(self) -> list[str]:
+        """Labelers whose measurement came from random weights."""
+        return [r.name for r in self.rows if r.random_weights]
 
     @property
     def hours(self) -> float:
@@ -70,14 +81,23 @@ def default_resources(name: str) -> tuple[float, float]:
 def measured_rates(root: str | None, bench_file: Path | str | None = None,
                    storage_options: dict | None = None) -> dict[str, tuple[float, str, str]]:
     """labeler → (img_per_s per actor, source description, device)."""
-    out: dict[str, tuple[float, str, str]] = {}
+    return {name: m[:3] for name, m in _measurements(root, bench_file, storage_options).items()}
+
+
+def _measurements(root: str | None, bench_file: Path | str | None = None,
+                  storage_options: dict | None = None) -> dict[str, tuple[float, str, str, bool]]:
+    """labeler → (img_per_s per actor, source description, device, measured with random weights)."""
+    out: dict[str, tuple[float, str, str, bool]] = {}
     if root is not None:
         from prism4m.pipeline.store import DatasetStore
 
-        for folder, t in ledger_throughput(DatasetStore(root, storage_options)).items():
+        store = DatasetStore(root, storage_options)
+        ledgers = {f: store.ledger(f) for f in store.ledger_folders()}
+        for folder, t in ledger_throughput(store, ledgers).items():
             if t.kind == "labeler" and t.img_per_s > 0:
+                random = any(rec.get("random_weights") for rec in ledgers[folder].values())
                 out[t.producer] = (t.img_per_s, f"ledger: {t.records} shards, {t.samples} samples, "
-                                                f"{t.wall_s:.1f} actor-s", t.device)
+                                                f"{t.wall_s:.1f} actor-s", t.device, random)
         return out
     path = Path(bench_file) if bench_file else BENCH_FILE
     if path.exists():
@@ -85,7 +105,7 @@ def measured_rates(root: str | None, bench_file: Path | str | None = None,
         device = str(bench.get("device", "not recorded"))
         for k, v in bench.items():
             if k.startswith("label_") and k.endswith("_img_per_s") and isinstance(v, (int, float)) and v > 0:
-                out[k[len("label_"):-len("_img_per_s")]] = (float(v), f"benchmark {path.name}", device)
+                out[k[len("label_"):-len("_img_per_s")]] = (float(v), f"benchmark {path.name}", device, False)
     return out
 
 
@@ -94,21 +114,21 @@ def estimate(images: int, gpus: int, labelers: list[str] | None = None, root: st
              storage_options: dict | None = None) -> Estimate:
     if images < 0 or gpus < 1:
         raise ValueError("estimate needs --images >= 0 and --gpus >= 1")
-    rates = measured_rates(root, bench_file, storage_options)
+    rates = _measurements(root, bench_file, storage_options)
     names = list(labelers) if labelers else sorted(rates)
     est = Estimate(images, gpus, [])
     for name in names:
         if name not in rates:
             est.missing.append(name)
             continue
-        rate, source, device = rates[name]
+        rate, source, device, random = rates[name]
         g, c = default_resources(name)
         if g > 0:
             actors = gpus * max(1, math.floor(1 / g + 1e-9))
         else:
             actors = max(1, math.floor(gpus * cpus_per_gpu / max(c, 1e-9)))
         hours = images / (rate * speedup * actors) / 3600
-        est.rows.append(LabelerEstimate(name, rate, source, device, g, c, actors, hours, hours * gpus))
+        est.rows.append(LabelerEstimate(name, rate, source, device, g, c, actors, hours, hours * gpus, random))
     where = f"the ledger of {root}" if root else f"benchmark figures ({Path(bench_file or BENCH_FILE)})"
     devices = sorted({r.device for r in est.rows}) or ["-"]
     est.assumptions = [
@@ -123,13 +143,17 @@ def estimate(images: int, gpus: int, labelers: list[str] | None = None, root: st
         "linear scaling over actors (no I/O, network or object-store contention)",
         f"labelers run one after another; the {gpus} GPUs are held throughout (GPU-hours = hours × GPUs)",
     ]
+    if est.random_weights:
+        est.assumptions.append(f"{', '.join(est.random_weights)} measured with random weights: a real model's "
+                               "time per image is taken to be the same")
     return est
 
 
 def format_estimate(est: Estimate) -> str:
     head = ["labeler", "img/s/actor", "device", "GPU/actor", "CPU/actor", "actors", "hours", "GPU-hours", "source"]
-    rows = [[r.name, f"{r.img_per_s:,.2f}", r.device, f"{r.num_gpus:g}", f"{r.num_cpus:g}", r.actors,
-             f"{r.hours:,.2f}", f"{r.gpu_hours:,.1f}", r.source] for r in est.rows]
+    rows = [[r.name + (" [RANDOM WEIGHTS]" if r.random_weights else ""), f"{r.img_per_s:,.2f}", r.device,
+             f"{r.num_gpus:g}", f"{r.num_cpus:g}", r.actors, f"{r.hours:,.2f}", f"{r.gpu_hours:,.1f}", r.source]
+            for r in est.rows]
     rows.append(["TOTAL", "", "", "", "", "", f"{est.hours:,.2f}", f"{est.gpu_hours:,.1f}", ""])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines = [f"estimate: {est.images:,} images on {est.gpus} GPU(s)"]
@@ -138,6 +162,10 @@ def format_estimate(est: Estimate) -> str:
     if est.missing:
         lines.append("no throughput measured for: " + ", ".join(est.missing)
                      + " (label a pilot root with them and pass --root, or run `make bench`)")
+    if est.random_weights:
+        lines.append(f"warning: {', '.join(est.random_weights)} measured on a pilot labelled with random weights "
+                     "[RANDOM WEIGHTS]: an untrained model's outputs (masks, boxes, caption lengths) and so its time "
+                     "per image can differ from the real model's; pilot with the real weights before you book GPUs")
     lines.append("assumptions:")
     lines += [f"  - {a}" for a in est.assumptions]
     return "\n".join(lines)

@@ -4,6 +4,9 @@ A tokenizer directory holds ``card.json`` plus its weights (``weights.safetensor
 VQ/MLP, ``tokenizer.json`` for WordPiece). The card describes the token-producing function
 (type, modality, vocabulary, grid, input size, normalisation, architecture, weights hash)
 and how it was obtained (training data, config hash, reconstruction metrics, codebook usage).
+Two honesty flags: ``random_weights`` (the tokenizer itself never trained) and
+``trained_on_random_weights`` (it trained on labels a random-weight model produced); a token
+folder written by either carries ``random_weights`` in its ledger (pretokenize.py).
 
 ``card_hash`` covers only the fields that change the tokens a sample gets: the ledger of a
 token folder records it, so swapping in a different tokenizer makes those shards stale
@@ -22,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 CARD_FILE = "card.json"
 CARD_FORMAT = "prism4m-tokenizer/1"
+#: token files hold int16 ids (0..32767): no vocabulary may be larger
+MAX_VOCAB = 2**15
 #: fields whose change changes the tokens (see module docstring)
 _IDENTITY_FIELDS = ("type", "modality", "vocab_size", "n_tokens", "token_grid", "input_size",
                     "patch_size", "normalisation", "architecture", "weights")
@@ -45,8 +50,15 @@ class TokenizerCard(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict, description="data, config, config_hash, steps")
     metrics: dict[str, Any] = Field(default_factory=dict, description="held-out reconstruction metrics")
     codebook: dict[str, Any] = Field(default_factory=dict, description="perplexity, usage share")
-    random_weights: bool = False
+    random_weights: bool = Field(False, description="the tokenizer's own weights are untrained (0 steps)")
+    trained_on_random_weights: bool = Field(False, description="its training data came from random-weight "
+                                            "labels: tokens for smoke tests, not for models")
     created_at: str | None = None
+
+    @property
+    def from_random_weights(self) -> bool:
+        """Tokens from this tokenizer are not real: random weights, or trained on random-weight labels."""
+        return self.random_weights or self.trained_on_random_weights
 
     def card_hash(self) -> str:
         """Identity of the token-producing function (16 hex chars)."""

@@ -5,12 +5,16 @@
 current token folder (named as the folder, e.g. ``tok_rgb@224``; kept versions
 ``tok_…~hash`` are not exported) and one string column per sequence modality (``caption``
 as text; det/metadata/color_palette/human_poses and the SAM instance tokens
-``sam_instance@224`` as their JSON text). Invalid records are
+``sam_instance@224`` as their JSON text); each text column's field metadata
+``prism4m.ext`` names the member extension it holds (``txt``, ``json``), so a reader (the
+trainer's loader) decodes it as it would the member. Invalid records are
 nulls. Every part has the same schema (a folder not committed for a shard is all-null in
 that part), so ``duckdb.sql("select * from 'ROOT/_export/parquet/*.parquet'")`` and
 ``pyarrow.dataset`` read the export as one table. Only committed shards are read; a part is
 written under a temporary name and moved into place, and ``_export.json`` (written last)
-lists the parts and the ledger content hashes they were built from.
+lists the parts, the ledger content hashes they were built from and the exported folders
+that came from random weights, and summarises each exported folder as the manifest does
+(producers with their vocabulary, ``random_weights``), so the export describes itself.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prism4m.pipeline.manifest import summarize_folder
 from prism4m.pipeline.store import DatasetStore, content_hash, now_iso
 from prism4m.tokenizers.pretokenize import VERSION_SEP
 from prism4m.tokenizers.serializers import token_sequence_folders
 
 SEQUENCE_FOLDERS = ("caption", "det", "metadata", "color_palette", "human_poses")
 EXPORT_DIR = "_export/parquet"
+#: field metadata key of a text column: the extension of the members it holds
+EXT_METADATA_KEY = b"prism4m.ext"
 
 
 def _nested_ints(arrays: list[np.ndarray | None], dtype: pa.DataType, np_dtype) -> pa.Array:
@@ -62,6 +69,15 @@ def _text(data: bytes) -> str | None:
     return data.decode("utf-8") if data else None
 
 
+def _member_ext(store: DatasetStore, folder: str, records: dict[int, dict]) -> str:
+    """The extension of ``folder``'s members (first committed shard's first valid member)."""
+    for index in sorted(records):
+        for m in store.iter_shard(folder, index):
+            if m.data:
+                return m.ext
+    return "txt"  # nothing committed: the column is all null, its extension never read
+
+
 def export_parquet(root: str, out: str | None = None, *, storage_options: dict | None = None) -> dict:
     """Write the Parquet export; returns the summary written to ``_export.json``."""
     store = DatasetStore(root, storage_options)
@@ -74,6 +90,7 @@ def export_parquet(root: str, out: str | None = None, *, storage_options: dict |
     tok_folders = [f for f in folders if f.startswith("tok_") and VERSION_SEP not in f]
     seq_folders = [f for f in SEQUENCE_FOLDERS if f in folders] + token_sequence_folders(folders)
     ledgers = {f: store.ledger(f) for f in tok_folders + seq_folders}
+    exts = {f: _member_ext(store, f, ledgers[f]) for f in seq_folders}
     if out is None:
         out_fs, out_path = store.fs, store.p(EXPORT_DIR)
     else:
@@ -83,7 +100,8 @@ def export_parquet(root: str, out: str | None = None, *, storage_options: dict |
     out_fs.makedirs(out_path, exist_ok=True)
     schema = pa.schema([("key", pa.string()), ("shard", pa.int32()), ("crop_settings", pa.list_(pa.list_(pa.int64())))]
                        + [(f, pa.list_(pa.list_(pa.int16()))) for f in tok_folders]
-                       + [(f, pa.string()) for f in seq_folders])
+                       + [pa.field(f, pa.string(), metadata={EXT_METADATA_KEY: exts[f].encode()})
+                          for f in seq_folders])
     parts = {}
     rows = 0
     for index in shards:
@@ -114,9 +132,12 @@ def export_parquet(root: str, out: str | None = None, *, storage_options: dict |
         tmp = posixpath.join(out_path, "." + name + ".tmp")
         out_fs.pipe_file(tmp, buf.getvalue().to_pybytes())
         out_fs.mv(tmp, posixpath.join(out_path, name))
-        parts[name] = {"shard": index, "rows": len(keys), "sources": sources}
+        parts[name] = {"shard": index, "rows": len(keys), "sources": sources,
+                       "random_weights": [f for f in tok_folders + seq_folders
+                                          if (ledgers[f].get(index) or {}).get("random_weights")]}
         rows += len(keys)
     summary = {"format": "prism4m-parquet/1", "root": store.url, "rows": rows, "columns": schema.names,
-               "parts": parts, "exported_at": now_iso()}
+               "parts": parts, "folders": {f: summarize_folder(ledgers[f]) for f in tok_folders + seq_folders},
+               "exported_at": now_iso()}
     out_fs.pipe_file(posixpath.join(out_path, "_export.json"), json.dumps(summary, indent=2).encode())
     return summary

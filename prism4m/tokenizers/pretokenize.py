@@ -15,7 +15,10 @@ Provenance and resume. Each token shard's ledger producer is
 "n_tokens", "code_version", "version"}`` and its ``inputs`` the content hashes of the rgb,
 crop_settings and label shards it read. A committed shard is skipped when both match; a
 different tokenizer (another card hash) or a relabeled input makes it stale, and tokenize
-recomputes it — no labeler runs. ``force=True`` recomputes everything.
+recomputes it — no labeler runs. ``force=True`` recomputes everything. A record says
+``random_weights: true`` when its tokenizer is untrained or trained on random-weight labels
+(card.py) or when any record it read says so (a label from a random-weight model), so
+``prism4m status``, the manifest and the trainer flag the tokens.
 
 Token versions. The default folder (``card.token_folder``: ``tok_rgb@224``,
 ``tok_semseg@224``, ``tok_dinov2_global`` …) is what ml-4m reads and always holds the tokens
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from prism4m import __version__
+from prism4m.errors import UserError
 from prism4m.pipeline.execute import RunReport, run_units
 from prism4m.pipeline.progress import Progress
 from prism4m.pipeline.store import DatasetStore, Member, content_hash, producer_hash, shard_compression
@@ -102,8 +106,9 @@ def tokenizer_producer(card, folder: str) -> dict:
 
 def _carried_record(rec: dict) -> dict:
     """The ledger fields a shard keeps when it is recommitted under another folder name
-    (kept versions, restores): what produced it, from what, its invalid keys, its compression."""
-    return {k: rec[k] for k in ("producer", "inputs", "invalid", "compression") if k in rec}
+    (kept versions, restores): what produced it, from what, its invalid keys, its compression,
+    whether it came from random weights."""
+    return {k: rec[k] for k in ("producer", "inputs", "invalid", "compression", "random_weights") if k in rec}
 
 
 def version_folder(folder: str, card_hash: str) -> str:
@@ -238,8 +243,12 @@ class TokenizeWorker:
                 members, errs, secs = _encode_shard(store, tok, index, self.batch_size, cache)
                 encode_s += secs
             outputs[job.folder] = members
+            # Tokens are only as real as what made them: the tokenizer (untrained, or trained on
+            # random-weight labels) and every record read (a random-weight label, say).
+            random_weights = tok.card.from_random_weights or any(
+                bool(r.get("random_weights")) for r in (*inputs_rec.values(), src))
             records[job.folder] = {"producer": job.producer, "inputs": inputs, "compression": self.compression,
-                                   "random_weights": bool(tok.card.random_weights),
+                                   "random_weights": random_weights,
                                    "wall_s": round(time.perf_counter() - t0, 4)}
             errors[job.folder] = errs
         store.commit_unit(index, outputs, records, errors)
@@ -265,29 +274,54 @@ def _read_errors(store: DatasetStore, folder: str, index: int) -> list[dict]:
 
 def make_jobs(tokenizer_dirs: list[str], folders: dict[str, str] | None = None) -> list[TokenizeJob]:
     """Read each card (no weights) and decide the output folder and producer."""
-    from prism4m.tokenizers.card import read_card
-    from prism4m.tokenizers.specs import get_spec
+    from prism4m.tokenizers.card import MAX_VOCAB
+    from prism4m.tokenizers.specs import SPECS
 
     jobs = []
     for url in tokenizer_dirs:
-        card = read_card(url)
+        card = read_tokenizer_card(url)
         if card.type == "wordpiece":
-            raise ValueError(f"{url}: text tokenizers are applied by the trainer's loader, not pre-tokenized")
-        if card.vocab_size > 32768:
-            raise ValueError(f"{url}: vocabulary {card.vocab_size} does not fit int16 token files")
-        spec = get_spec(card.modality)
+            raise UserError(f"--tokenizer {url}: a text (WordPiece) tokenizer; tokenize takes image, feature, "
+                            "instance and pose tokenizers; text is tokenized by the trainer (data.text_tokenizer)")
+        if card.vocab_size > MAX_VOCAB:
+            raise UserError(f"--tokenizer {url}: vocabulary {card.vocab_size} does not fit int16 token files "
+                            f"(at most {MAX_VOCAB})")
+        spec = SPECS.get(card.modality)
+        if spec is None:
+            raise UserError(f"--tokenizer {url}: modality {card.modality!r} has no tokenize spec; "
+                            f"known: {', '.join(sorted(SPECS))}")
         folder = (folders or {}).get(url) or card.token_folder or spec.token_folder(card.input_size)
         jobs.append(TokenizeJob(url, folder, tokenizer_producer(card, folder), spec.folder))
     names = [j.folder for j in jobs]
     if len(set(names)) != len(names):
-        raise ValueError(f"two tokenizers write the same folder: {names}")
+        raise UserError(f"two tokenizers write the same folder: {names}")
     return jobs
+
+
+def read_tokenizer_card(url: str):
+    """A tokenizer directory's card, or a UserError naming the directory and what is wrong."""
+    import json
+
+    from pydantic import ValidationError
+
+    from prism4m.errors import describe_validation_error
+    from prism4m.tokenizers.card import CARD_FILE, read_card
+
+    try:
+        return read_card(url)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise UserError(f"--tokenizer {url}: not a tokenizer directory (no {CARD_FILE}; "
+                        "make one with `prism4m tokenizer train`)") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--tokenizer {url}: {CARD_FILE} is not valid JSON ({exc})") from None
+    except ValidationError as exc:
+        raise UserError(f"--tokenizer {url}: {CARD_FILE}: {describe_validation_error(exc, '')}") from None
 
 
 def plan_tokenize(store: DatasetStore, jobs: list[TokenizeJob], force: bool = False) -> tuple[list[TokenizeUnit], TokenizeSummary]:
     rgb = store.ledger("rgb")
     if not rgb:
-        raise ValueError(f"{store.url}: no committed rgb shards; run `prism4m ingest` first")
+        raise UserError(f"{store.url}: no committed rgb shards; run `prism4m ingest` first")
     crops = store.ledger("crop_settings")
     records = {f: store.ledger(f) for f in {j.folder for j in jobs} | {j.source_folder for j in jobs}}
     summary = TokenizeSummary()
@@ -373,7 +407,7 @@ def select_token_version(root: str, folder: str, card_hash: str, storage_options
     kept_folder = version_folder(folder, card_hash)
     kept = store.ledger(kept_folder)
     if not kept:
-        raise KeyError(f"{store.url}: no kept version {kept_folder}")
+        raise UserError(f"{store.url}: no kept version {kept_folder} (`prism4m tokens versions ROOT` lists them)")
     current = store.ledger(folder)
     swapped = 0
     for index, rec in sorted(kept.items()):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import sys
 import time
 from typing import Any
 
@@ -36,12 +37,13 @@ import fsspec
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from prism4m.errors import UserError, describe_validation_error
 from prism4m.pipeline.progress import Progress
 from prism4m.pipeline.store import DatasetStore, now_iso
 from prism4m.tokenizers.base import SIZES, NeuralTokenizer
-from prism4m.tokenizers.card import TokenizerCard, config_hash, read_card
+from prism4m.tokenizers.card import MAX_VOCAB, TokenizerCard, config_hash, read_card
 from prism4m.tokenizers.crops import crop_all
 from prism4m.tokenizers.instances import CONTOUR_EPSILON, MASK_SIZE, MIN_AREA, MaskTokenizer
 from prism4m.tokenizers.metrics import reconstruction_metrics
@@ -49,7 +51,7 @@ from prism4m.tokenizers.mlp import MLPTokenizer, mlp_architecture
 from prism4m.tokenizers.poses import PoseTokenizer
 from prism4m.tokenizers.quantizer import codebook_usage
 from prism4m.tokenizers.samples import iter_shard_inputs
-from prism4m.tokenizers.specs import ModalitySpec, get_spec, normalise
+from prism4m.tokenizers.specs import SPECS, ModalitySpec, get_spec, normalise
 from prism4m.tokenizers.vq import VQTokenizer, vq_architecture
 
 CHECKPOINT_DIR = "_checkpoint"
@@ -81,12 +83,60 @@ class TrainConfig(BaseModel):
     vocab_size: int = Field(30000, description="WordPiece vocabulary (text)")
     min_frequency: int = Field(2, ge=1, description="WordPiece pair frequency floor (text)")
 
+    @field_validator("size")
+    @classmethod
+    def _known_size(cls, v: str) -> str:
+        if v not in SIZES:
+            raise ValueError(f"unknown size {v!r}; choose from {', '.join(SIZES)}")
+        return v
+
+    @field_validator("vocab_size")
+    @classmethod
+    def _room_for_words(cls, v: int) -> int:
+        from prism4m.tokenizers.text import fixed_tokens
+
+        fixed = len(fixed_tokens())
+        if v <= fixed:
+            raise ValueError(f"must exceed the {fixed} fixed tokens of ml-4m's text layout (specials, "
+                             f"sentinels, v0..v3 values, COCO classes), e.g. {fixed + 1000}")
+        return v
+
+    @field_validator("codebook_size")
+    @classmethod
+    def _fits_int16(cls, v: int | None) -> int | None:
+        if v is not None and v > MAX_VOCAB:
+            raise ValueError(f"at most {MAX_VOCAB}: token files hold int16 ids")
+        return v
+
+
+def parse_config(config: "TrainConfig | dict | None") -> "TrainConfig":
+    """A TrainConfig from a mapping, or a UserError naming the bad setting in prism4m's words."""
+    if isinstance(config, TrainConfig):
+        return config
+    try:
+        return TrainConfig.model_validate(config or {})
+    except ValidationError as exc:
+        raise UserError(f"tokenizer settings: {describe_validation_error(exc, '')}") from None
+
+
+def check_settings(spec: ModalitySpec, cfg: TrainConfig) -> None:
+    """Refuse settings this modality's tokenizer cannot have, before any data is read."""
+    vocab = cfg.codebook_size or spec.default_vocab
+    if spec.in_sequence and vocab > SEQUENCE_MAX_VOCAB:
+        raise UserError(f"tokenizer settings: codebook_size {vocab} is too large for {spec.name}: at most "
+                        f"{SEQUENCE_MAX_VOCAB}, the ids ml-4m's sequence can write (v0=t below 512, v1=t-512 "
+                        "up to v1=999)")
+    if spec.kind in ("image", "classes", "feature") and cfg.input_size % spec.patch_size:
+        raise UserError(f"tokenizer settings: input_size {cfg.input_size} is not a multiple of {spec.name}'s "
+                        f"patch size {spec.patch_size}")
+
 
 # ---------------------------------------------------------------------------------- data
 def _split_shards(store: DatasetStore, folder: str) -> tuple[list[int], list[int]]:
     committed = sorted(set(store.ledger(folder)) & set(store.ledger("crop_settings")) & set(store.ledger("rgb")))
     if not committed:
-        raise ValueError(f"{store.url}: no shard of {folder!r} is committed (with rgb and crop_settings)")
+        raise UserError(f"{store.url}: no shard of {folder!r} is committed (with rgb and crop_settings); "
+                        f"label it first")
     if len(committed) == 1:
         return committed, committed
     return committed[:-1], committed[-1:]
@@ -138,9 +188,7 @@ def _loss(spec: ModalitySpec, recon: torch.Tensor, x: torch.Tensor) -> torch.Ten
 def _build(spec: ModalitySpec, cfg: TrainConfig, channels: int) -> NeuralTokenizer:
     size = SIZES[cfg.size]
     vocab = cfg.codebook_size or spec.default_vocab
-    if spec.in_sequence and vocab > SEQUENCE_MAX_VOCAB:
-        raise ValueError(f"{spec.name}: codebook_size {vocab} > {SEQUENCE_MAX_VOCAB}, the ids ml-4m's "
-                         "sequence can write (v0=t below 512, v1=t-512 up to v1=999)")
+    check_settings(spec, cfg)
     # tokens per instance / person, not per crop: the card has no n_tokens (see pretokenize's producer)
     per_crop = not spec.in_sequence
     if spec.kind in ("global", "pose"):
@@ -217,12 +265,32 @@ def train_tokenizer(root: str, modality: str, out_dir: str, config: TrainConfig 
 
     Writes ``out_dir/card.json`` + weights and returns the card. Resumes from
     ``out_dir/_checkpoint`` when the config is unchanged; returns at once if finished.
+    Bad settings, an unknown modality or an unlabelled folder raise UserError. A card
+    trained on random-weight labels (or not trained at all) is said so on stderr.
     """
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config or {})
+    cfg = parse_config(config)
+    if modality != "text" and modality not in SPECS:
+        raise UserError(f"--modality {modality!r}: no tokenizer for it; known: text, {', '.join(sorted(SPECS))}")
     store = DatasetStore(root, storage_options)
-    if modality == "text":
-        return _train_text(store, out_dir, cfg)
+    card = _train_text(store, out_dir, cfg) if modality == "text" else _train_neural(store, modality, out_dir, cfg, progress)
+    if card.from_random_weights:
+        why = ("was never trained (0 steps): random weights" if card.random_weights else
+               f"was trained on random-weight labels ({', '.join(card.training.get('random_weight_folders', []))})")
+        print(f"warning: tokenizer {out_dir} {why} [RANDOM WEIGHTS]; its tokens are for smoke tests, "
+              "not for training models", file=sys.stderr, flush=True)
+    return card
+
+
+def random_weight_folders(store: DatasetStore, folders: list[str], shards: list[int]) -> list[str]:
+    """The folders among ``folders`` whose ledger record of any of ``shards`` says random_weights
+    (labels a random-weight model made, or derived from such labels)."""
+    return [f for f in folders if any(rec.get("random_weights") for i, rec in store.ledger(f).items() if i in shards)]
+
+
+def _train_neural(store: DatasetStore, modality: str, out_dir: str, cfg: TrainConfig,
+                  progress: bool) -> TokenizerCard:
     spec = get_spec(modality)
+    check_settings(spec, cfg)
     train_shards, held_shards = _split_shards(store, spec.folder)
     chash = config_hash({"modality": modality, "root": store.url, "train": train_shards,
                          **cfg.model_dump(exclude={"checkpoint_every_s"})})
@@ -287,6 +355,9 @@ def train_tokenizer(root: str, modality: str, out_dir: str, config: TrainConfig 
         "steps": step, "seconds": round(seconds, 2), "config": cfg.model_dump(mode="json"), "config_hash": chash,
     }
     card.random_weights = step == 0
+    rw = random_weight_folders(store, [spec.folder, "rgb", "crop_settings"], sorted(set(train_shards + held_shards)))
+    card.trained_on_random_weights = bool(rw)
+    card.training["random_weight_folders"] = rw
     card.created_at = now_iso()
     tok.save(out_dir)
     return card
@@ -342,7 +413,8 @@ def _train_text(store: DatasetStore, out_dir: str, cfg: TrainConfig) -> Tokenize
         return done
     texts = collect_texts(store, train)
     if not texts:
-        raise ValueError(f"{store.url}: no caption or sequence member to train a text tokenizer on")
+        raise UserError(f"{store.url}: no caption or sequence member to train a text tokenizer on "
+                        f"(label one of {', '.join(TEXT_FOLDERS)} first)")
     tok = WordPieceTokenizer(train_wordpiece(texts, cfg.vocab_size, min_frequency=cfg.min_frequency))
     held_texts = collect_texts(store, held) if held else texts[-max(1, len(texts) // 10):]
     enc = tok.encode_batch(held_texts)
@@ -353,8 +425,10 @@ def _train_text(store: DatasetStore, out_dir: str, cfg: TrainConfig) -> Tokenize
                          architecture={"model": "WordPiece", "layout": "ml-4m", "num_sentinels": 200})
     card.metrics = {"held_out": {"unk_rate": sum(e.count(1) for e in enc) / max(1, n_tok),
                                  "tokens_per_word": n_tok / max(1, words), "texts": len(held_texts)}}
+    rw = random_weight_folders(store, text_folders(store), shards)
     card.training = {"root": store.url, "train_shards": train, "held_out_shards": held, "texts": len(texts),
-                     "config": cfg.model_dump(mode="json"), "config_hash": chash}
+                     "config": cfg.model_dump(mode="json"), "config_hash": chash, "random_weight_folders": rw}
+    card.trained_on_random_weights = bool(rw)
     card.created_at = now_iso()
     tok.save(out_dir, card)
     return card

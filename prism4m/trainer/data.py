@@ -57,6 +57,7 @@ class ShardSource:
     invalid: dict[str, set[str]] = field(default_factory=dict)  # folder -> keys listed invalid
     n_samples: int | None = None
     kind: str = "tar"  # "tar" | "parquet"
+    random_weights: set[str] = field(default_factory=set)  # folders whose record says random_weights
 
 
 def _fs(root: str):
@@ -96,7 +97,9 @@ def discover_shards(root: str, folders: Sequence[str], layout: str = "auto") -> 
         parts = _listed_indices(fs, directory, _PART_RE)
         if not parts:
             raise ValueError(f"no part-*.parquet files under {directory}")
-        return [ShardSource(i, {f: url(p) for f in folders}, kind="parquet") for i, p in sorted(parts.items())]
+        flagged = _export_random_weights(fs, directory, folders)
+        return [ShardSource(i, {f: url(p) for f in folders}, kind="parquet", random_weights=set(flagged.get(i, ())))
+                for i, p in sorted(parts.items())]
 
     per_folder: dict[str, dict[int, str]] = {}
     for folder in folders:
@@ -122,10 +125,32 @@ def discover_shards(root: str, folders: Sequence[str], layout: str = "auto") -> 
                 with fs.open(per_folder[folder][index], "r") as f:
                     record = json.load(f)
                 source.invalid[folder] = set(record.get("invalid") or [])
+                if record.get("random_weights"):
+                    source.random_weights.add(folder)
                 if record.get("n_samples") is not None:
                     source.n_samples = int(record["n_samples"])
         sources.append(source)
     return sources
+
+
+def _export_random_weights(fs, directory: str, folders: Sequence[str]) -> dict[int, list[str]]:
+    """Part index → chosen folders the export's ``_export.json`` lists as random-weight."""
+    summary_path = posixpath.join(directory, "_export.json")
+    if not fs.exists(summary_path):
+        return {}
+    with fs.open(summary_path, "r") as f:
+        parts = json.load(f).get("parts") or {}
+    out: dict[int, list[str]] = {}
+    for name, part in parts.items():
+        m = _PART_RE.search(name)
+        if m:
+            out[int(m.group(1))] = [f for f in part.get("random_weights") or [] if f in folders]
+    return out
+
+
+def random_weight_folders(sources: Sequence[ShardSource]) -> list[str]:
+    """Folders any of ``sources`` holds from random weights (their ledger or export says so)."""
+    return sorted(set().union(*(s.random_weights for s in sources))) if sources else []
 
 
 def _octal(field: bytes) -> int:
@@ -249,20 +274,37 @@ def iter_zipped_tar(source: ShardSource) -> Iterator[tuple[str, dict[str, tuple[
 
 
 def iter_parquet_rows(source: ShardSource) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Rows of one export part as (key, {folder: decoded value or None})."""
+    """Rows of one export part as (key, {folder: payload}).
+
+    Token and crop columns give ``("parquet", nested list)``. A text column whose field
+    metadata names the member extension it was exported from (``prism4m.ext``: ``txt``,
+    ``json``; tokenizers/export.py) gives ``(ext, bytes)``, decoded like the tar member it
+    was; other text columns give ``("parquet", str)``. Nulls give None (an invalid record)."""
     import pyarrow.parquet as pq
+
+    from prism4m.tokenizers.export import EXT_METADATA_KEY
 
     url = next(iter(source.urls.values()))
     folders = list(source.urls)
     with fsspec.open(url, "rb") as f:
         table = pq.ParquetFile(f)
-        missing = [c for c in folders if c not in table.schema_arrow.names]
+        schema = table.schema_arrow
+        missing = [c for c in folders if c not in schema.names]
         if missing:
             raise ValueError(f"{url}: Parquet export has no column(s) {missing}")
+        exts = {fo: (schema.field(fo).metadata or {}).get(EXT_METADATA_KEY) for fo in folders}
+        exts = {fo: e.decode() for fo, e in exts.items() if e}
         for batch in table.iter_batches(columns=["key", *folders], batch_size=256):
             columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
             for row in range(batch.num_rows):
-                yield columns["key"][row], {fo: ("parquet", columns[fo][row]) for fo in folders}
+                payload = {}
+                for fo in folders:
+                    value = columns[fo][row]
+                    if fo in exts:
+                        payload[fo] = None if value is None else (exts[fo], value.encode("utf-8"))
+                    else:
+                        payload[fo] = ("parquet", value)
+                yield columns["key"][row], payload
 
 
 def iter_shard(source: ShardSource) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -293,6 +335,20 @@ def load_text_tokenizer(tokenizer: Any):
         path = path.rstrip("/") + "/tokenizer.json"
     with fsspec.open(path, "r") as f:
         return Tokenizer.from_str(f.read())
+
+
+def text_tokenizer_card(tokenizer: Any) -> dict[str, Any]:
+    """The card (card.json) of a text tokenizer directory, or of the directory holding a
+    tokenizer.json; {} when there is none (ml-4m's published JSON, an in-memory tokenizer)."""
+    if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
+        return {}
+    path = str(tokenizer)
+    directory = posixpath.dirname(path.rstrip("/")) if path.endswith(".json") else path.rstrip("/")
+    try:
+        with fsspec.open(f"{directory}/card.json", "r") as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 class SampleDecoder:
@@ -554,6 +610,8 @@ def peek_num_tokens(sources: Sequence[ShardSource], folder: str) -> int | None:
     """Token count per crop row of ``folder``, read from the first valid sample."""
     for source in sources[:1]:
         for key, members in iter_shard(ShardSource(source.index, {folder: source.urls[folder]}, kind=source.kind)):
+            if members[folder] is None:  # a null in the Parquet export
+                continue
             ext, data = members[folder]
             if ext == "parquet" and data:
                 return len(data[0])
@@ -595,7 +653,7 @@ def unigram_counts(
 def entropy_of_counts(counts: np.ndarray) -> float:
     """Entropy (nats) of the frequency distribution ``counts``."""
     p = counts[counts > 0] / max(counts.sum(), 1)
-    return float(-(p * np.log(p)).sum())
+    return float(-(p * np.log(p)).sum()) + 0.0  # + 0.0: one token's -0.0 reads as 0.0
 
 
 def cross_entropy_of_counts(eval_counts: np.ndarray, train_counts: np.ndarray, smoothing: float = 1.0) -> float:

@@ -4,12 +4,16 @@ A modality is what the model sees as one embedding family: a token grid (``img``
 token vector without spatial layout (``global``) or a text-like sequence (``seq``).
 The registry is resolved in this order, later sources winning:
 
-1. defaults that match ml-4m's ``MODALITY_INFO`` (4M_FORMAT.md §3);
-2. the dataset manifest ``ROOT/prism4m.json`` and any tokenizer cards it points to or
-   embeds (vocabulary size, token grid);
+1. defaults that match ml-4m's ``MODALITY_INFO`` (4M_FORMAT.md §3): type, token grid and
+   count — never a token folder's vocabulary when there is a root to read it from;
+2. the dataset manifest ``ROOT/prism4m.json`` (a Parquet export's ``_export.json``) and any
+   tokenizer cards it points to or embeds (vocabulary size, token grid); for a folder the
+   manifest does not describe (a stale manifest), the folder's ledger producer;
 3. explicit overrides from the training config.
 
-If the token count is still unknown it is read from the first committed sample.
+If the token count is still unknown it is read from the first committed sample. A token
+folder whose vocabulary none of these give is refused (UserError naming the folder): a
+guessed vocabulary silently trains on the wrong ids.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, Mapping
 
 import fsspec
+
+from prism4m.errors import UserError
 
 ModalityType = Literal["img", "seq", "global"]
 
@@ -116,14 +122,34 @@ def default_spec(modality: str) -> dict[str, Any] | None:
     return out
 
 
+#: what describes a root's folders: a prism4m root's manifest, or the export's summary
+#: (tokenizers/export.py) when the root is a Parquet export directory
+MANIFEST_FILES = ("prism4m.json", "_export.json")
+
+
 def read_manifest(root: str) -> dict[str, Any]:
     """The dataset manifest, or {} when the root has none (e.g. an ml-4m-layout root)."""
     fs, path = fsspec.core.url_to_fs(root)
-    manifest_path = f"{path.rstrip('/')}/prism4m.json"
-    if not fs.exists(manifest_path):
+    for name in MANIFEST_FILES:
+        manifest_path = f"{path.rstrip('/')}/{name}"
+        if fs.exists(manifest_path):
+            with fs.open(manifest_path, "r") as f:
+                return json.load(f)
+    return {}
+
+
+def ledger_fields(root: str, folder: str) -> dict[str, Any]:
+    """Vocabulary/type from the newest ledger record of ``folder`` (prism4m roots), or {}."""
+    fs, path = fsspec.core.url_to_fs(root)
+    directory = f"{path.rstrip('/')}/_ledger/{folder}"
+    if not fs.exists(directory):
         return {}
-    with fs.open(manifest_path, "r") as f:
-        return json.load(f)
+    records = sorted(p for p in fs.ls(directory, detail=False) if p.endswith(".json"))
+    if not records:
+        return {}
+    with fs.open(records[-1], "r") as f:
+        producer = json.load(f).get("producer") or {}
+    return _card_fields(producer) if producer.get("kind") == "tokenizer" else {}
 
 
 def _card_fields(card: Mapping[str, Any]) -> dict[str, Any]:
@@ -193,11 +219,18 @@ def build_registry(
     manifest = read_manifest(root) if root else {}
     registry: dict[str, ModalitySpec] = {}
     for name in modalities:
-        fields: dict[str, Any] = {"folder": name}
+        override = dict(overrides.get(name, {}))
+        folder = override.get("folder", name)
+        fields: dict[str, Any] = {"folder": folder}
         fields.update(default_spec(name) or {})
         if root:
-            fields.update(_manifest_fields(manifest, name, root))
-        fields.update(dict(overrides.get(name, {})))
+            if fields.get("type") != "seq":
+                fields.pop("vocab_size", None)  # the data's tokenizer decides, never ml-4m's default
+            found = _manifest_fields(manifest, folder, root)
+            if "vocab_size" not in found:
+                found = {**ledger_fields(root, folder), **found}
+            fields.update(found)
+        fields.update(override)
         if "num_tokens" not in fields and peek_num_tokens is not None:
             n = peek_num_tokens(fields["folder"])
             if n:
@@ -206,9 +239,15 @@ def build_registry(
             fields["type"] = "img" if name.startswith("tok_") else "seq"
         if fields["type"] == "seq":
             fields.setdefault("vocab_size", TEXT_VOCAB_SIZE)
+        if "vocab_size" not in fields and root:
+            raise UserError(
+                f"modality {name}: the vocabulary of token folder {fields['folder']!r} is not in {root}'s "
+                f"manifest ({' or '.join(MANIFEST_FILES)}), a tokenizer card or its ledger; set "
+                f"modality_overrides.{name}.vocab_size to the size of the tokenizer that wrote it"
+            )
         missing = [k for k in ("vocab_size", "num_tokens") if k not in fields]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"modality {name}: unknown {', '.join(missing)}; set it under "
                 f"modality_overrides.{name} in the config or add a tokenizer card to the manifest"
             )

@@ -5,6 +5,16 @@ registry, loaders, model and optimizer; step; log per-modality losses to JSONL; 
 every N steps (model, optimizer, scheduler, RNG states, loader position) and resume from
 the newest checkpoint exactly; evaluate on held-out shards; finish with the table of
 per-target-modality validation loss beside that modality's unigram-entropy baseline.
+
+What rank 0 prints while it runs (stdout): a start line (steps, modalities, shards), a
+warning when any training or held-out folder (or the text tokenizer) comes from random
+weights, ``resumed from step N`` when it continues a checkpoint, and a progress line every
+``log_every`` steps or ~10 s (``step 120/500  loss 4.213  12.3 steps/s  eta 33s``).
+
+Evaluation is per target modality: for each modality one deterministic pass over the
+held-out shards in which it is the only target (inputs drawn by the training mixture's
+input alphas), so every modality gets a validation loss, however small the token budgets;
+a modality that no held-out sample has is listed with that reason instead of a loss.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from prism4m.errors import UserError, describe_validation_error
 
 from .data import (
     CROP_FOLDER,
@@ -34,6 +46,8 @@ from .data import (
     cross_entropy_of_counts,
     entropy_of_counts,
     peek_num_tokens,
+    random_weight_folders,
+    text_tokenizer_card,
     unigram_counts,
 )
 from .masking import MIXTURES, AlphaComponent, UnifiedMasker
@@ -195,14 +209,30 @@ class Setup:
         else:
             self.eval_sources = [s for s in sources if s.index in eval_set]
         if not self.train_sources:
-            raise ValueError(f"no training shards left in {d.root} after holding out {sorted(eval_set)}")
+            raise UserError(f"no training shards left in {d.root} after holding out {sorted(eval_set)}")
         self.names = list(self.registry)
         self.components = build_components(cfg.masking, self.names)
-        m = cfg.masking
-        self.masker = UnifiedMasker(
-            self.registry, self.components, m.num_input_tokens, m.num_target_tokens, m.min_input_tokens, m.min_target_tokens
-        )
+        self.masker = self._masker(self.components)
         self.tokenizer = tokenizer
+
+    def _masker(self, components: list[AlphaComponent]) -> UnifiedMasker:
+        m = self.cfg.masking
+        return UnifiedMasker(
+            self.registry, components, m.num_input_tokens, m.num_target_tokens, m.min_input_tokens, m.min_target_tokens
+        )
+
+    def target_masker(self, name: str) -> UnifiedMasker:
+        """The training mixture's inputs, with every target token going to ``name``."""
+        return self._masker([AlphaComponent(c.input_alphas, {name: 1.0}, c.keep, c.weight) for c in self.components])
+
+    def random_weights(self) -> list[str]:
+        """What this run reads that came from random weights: folders (ledger / export), and
+        the text tokenizer when its card says it was trained on random-weight labels."""
+        flagged = random_weight_folders(self.train_sources + self.eval_sources)
+        card = text_tokenizer_card(self.cfg.data.text_tokenizer)
+        if card.get("trained_on_random_weights") or card.get("random_weights"):
+            flagged.append(f"text tokenizer {self.cfg.data.text_tokenizer}")
+        return flagged
 
     def decoder(self, random_crop: bool) -> SampleDecoder:
         return SampleDecoder(self.registry, self.tokenizer, random_crop=random_crop)
@@ -222,11 +252,11 @@ class Setup:
         )
         return TokenLoader(dataset, num_workers=d.num_workers)
 
-    def eval_batches(self):
+    def eval_batches(self, masker: UnifiedMasker | None = None):
         """One deterministic pass over the held-out shards: crop 0, fixed masking seed."""
         d = self.cfg.data
         dataset = TokenShardDataset(
-            self.eval_sources, self.decoder(False), self.masker, d.batch_size,
+            self.eval_sources, self.decoder(False), masker or self.masker, d.batch_size,
             seed=self.cfg.seed + 7919, shuffle_buffer=0, repeat=False, shuffle_shards=False,
         )
         for i, batch in enumerate(TokenLoader(dataset, num_workers=0)):
@@ -244,39 +274,60 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
+#: why a modality has no validation loss (baseline_table's ``reason``)
+NOT_IN_HELD_OUT = "no held-out sample has it"
+NO_TARGETS = "no target tokens drawn in the held-out pass"
+
+
 @torch.no_grad()
-def evaluate(model: FourM, setup: Setup, device: torch.device) -> dict[str, float]:
-    """Mean CE per target modality over the held-out shards (token-weighted)."""
+def evaluate_targets(model: FourM, setup: Setup, device: torch.device) -> dict[str, dict[str, Any]]:
+    """Per modality: mean CE over its tokens (token-weighted) in the held-out pass where it
+    is the only target, the target tokens counted, and the held-out samples that have it."""
     was_training = model.training
     model.eval()
-    sums = {m: 0.0 for m in setup.names}
-    counts = {m: 0 for m in setup.names}
-    for batch in setup.eval_batches():
-        batch = _to_device(batch, device)
-        with _autocast(device):
-            _, losses = model(batch)
-        for name, value in losses.items():
-            n = int(batch[name]["target_mask"].sum())
-            sums[name] += float(value) * n
-            counts[name] += n
+    out: dict[str, dict[str, Any]] = {}
+    for name in setup.names:
+        total, count, present = 0.0, 0, 0
+        for batch in setup.eval_batches(setup.target_masker(name)):
+            data = batch[name]
+            present += int((data["input_mask"] | data["target_mask"]).any(1).sum())
+            n = int(data["target_mask"].sum())
+            if not n:
+                continue
+            batch = _to_device(batch, device)
+            with _autocast(device):
+                _, losses = model(batch)
+            total += float(losses[name]) * n
+            count += n
+        out[name] = {"loss": total / count if count else None, "targets": count, "samples": present}
     model.train(was_training)
-    return {m: sums[m] / counts[m] for m in setup.names if counts[m]}
+    return out
+
+
+def evaluate(model: FourM, setup: Setup, device: torch.device) -> dict[str, float]:
+    """Validation loss per target modality (those with target tokens; see evaluate_targets)."""
+    return {m: r["loss"] for m, r in evaluate_targets(model, setup, device).items() if r["loss"] is not None}
 
 
 def baseline_table(
-    val_losses: Mapping[str, float],
+    val_losses: Mapping[str, float | None],
     entropies: Mapping[str, float],
     val_unigram_ce: Mapping[str, float] | None = None,
     baseline: str = "train_entropy",
+    reasons: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
+    """One row per modality of ``val_losses``; a None loss (``reasons[m]`` says why) does not
+    beat its baseline."""
     rows = []
-    for m in val_losses:
-        row = {"modality": m, "val_loss": val_losses[m], "unigram_entropy": entropies[m]}
+    for m, loss in val_losses.items():
+        row = {"modality": m, "val_loss": loss, "unigram_entropy": entropies[m]}
         if val_unigram_ce is not None:
             row["train_unigram_ce_on_val"] = val_unigram_ce[m]
         bar = row["train_unigram_ce_on_val"] if baseline == "train_unigram_ce_on_val" else entropies[m]
         row["baseline"] = baseline
-        row["beats_baseline"] = val_losses[m] < bar
+        row["beats_baseline"] = loss is not None and loss < bar
+        if loss is None:
+            row["reason"] = (reasons or {}).get(m, NO_TARGETS)
         rows.append(row)
     return rows
 
@@ -291,7 +342,9 @@ def validation_vs_baseline(model: FourM, setup: Setup, device: torch.device) -> 
     val_counts = unigram_counts(setup.eval_sources, decoder, limit)
     entropies = {m: entropy_of_counts(c) for m, c in train_counts.items()}
     val_ce = {m: cross_entropy_of_counts(val_counts[m], train_counts[m]) for m in train_counts}
-    return baseline_table(evaluate(model, setup, device), entropies, val_ce, setup.cfg.baseline)
+    results = evaluate_targets(model, setup, device)
+    reasons = {m: NOT_IN_HELD_OUT if not r["samples"] else NO_TARGETS for m, r in results.items()}
+    return baseline_table({m: r["loss"] for m, r in results.items()}, entropies, val_ce, setup.cfg.baseline, reasons)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -301,6 +354,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         ce = r.get("train_unigram_ce_on_val")
+        if r["val_loss"] is None:
+            lines.append(f"{r['modality']:<24} {'-':>9} {r['unigram_entropy']:>10.3f}  {'NO':<5}  "
+                         f"not evaluated: {r.get('reason', NO_TARGETS)}")
+            continue
         lines.append(
             f"{r['modality']:<24} {r['val_loss']:>9.3f} {r['unigram_entropy']:>10.3f}  "
             f"{'yes' if r['beats_baseline'] else 'NO ':<5}  {'' if ce is None else f'{ce:>23.3f}'}"
@@ -367,7 +424,7 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
 
     Launch with ``torchrun --nproc_per_node N`` for DDP; Ray Train: ``train_with_ray``.
     """
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
+    cfg = config if isinstance(config, TrainConfig) else validate_config(config)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     ctx = _setup_distributed(cfg)
@@ -378,11 +435,56 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
+def validate_config(raw: Mapping[str, Any], where: str = "train config") -> TrainConfig:
+    """A TrainConfig, or a UserError naming the bad key in prism4m's words."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(describe_validation_error(exc, where)) from None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class _Progress:
+    """Rank 0's progress lines: every ``every`` steps, at the last step, and at least every
+    ``interval_s`` seconds (a slow run still shows it is alive)."""
+
+    def __init__(self, total: int, start: int, every: int, enabled: bool, interval_s: float = 10.0) -> None:
+        self.total, self.every, self.enabled, self.interval_s = total, every, enabled, interval_s
+        self.last_step, self.last_t = start, time.perf_counter()
+
+    def step(self, step: int, loss: float) -> None:
+        now = time.perf_counter()
+        due = step == self.total or (self.every and step % self.every == 0) or now - self.last_t >= self.interval_s
+        if not (self.enabled and due):
+            return
+        rate = (step - self.last_step) / max(now - self.last_t, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        print(f"step {step}/{self.total}  loss {loss:.3f}  {rate:.1f} steps/s  eta "
+              f"{_duration(eta) if math.isfinite(eta) else '?'}", flush=True)
+        self.last_step, self.last_t = step, now
+
+
 def _train(cfg: TrainConfig, ctx: _Dist) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     setup = Setup(cfg)
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    say(f"train: {cfg.steps} steps of batch {cfg.data.batch_size} x {ctx.world} rank(s) on {ctx.device}; "
+        f"modalities {', '.join(setup.names)}; {len(setup.train_sources)} training shards, "
+        f"{len(setup.eval_sources)} held out; out {cfg.out_dir}", flush=True)
+    flagged = setup.random_weights()
+    if flagged:
+        say(f"warning: training on data from random weights: {', '.join(flagged)} [RANDOM WEIGHTS]; "
+            "this run tests the pipeline, its model learns nothing real", flush=True)
     model = setup.model().to(ctx.device)
     wrapped: torch.nn.Module = model
     if ctx.world > 1:
@@ -409,6 +511,9 @@ def _train(cfg: TrainConfig, ctx: _Dist) -> dict[str, Any]:
         _set_rng_state(state["rng"][min(ctx.rank, len(state["rng"]) - 1)])
         step = int(state["step"])
         log.write({"event": "resumed", "step": step, "from": resume_path})
+        say(f"train: resumed from step {step} ({resume_path})", flush=True)
+    if flagged:
+        log.write({"event": "random_weights", "folders": flagged})
 
     def checkpoint() -> None:
         # Loader positions and RNG states differ per rank: gather them so any rank resumes.
@@ -431,6 +536,7 @@ def _train(cfg: TrainConfig, ctx: _Dist) -> dict[str, Any]:
     evals: list[dict[str, Any]] = []
     model.train()
     tick, samples = time.perf_counter(), 0
+    progress = _Progress(cfg.steps, step, cfg.log_every, ctx.is_main)
     if step < cfg.steps:
         for batch in loader:
             batch = _to_device(batch, ctx.device)
@@ -448,6 +554,7 @@ def _train(cfg: TrainConfig, ctx: _Dist) -> dict[str, Any]:
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
             history.append(record)
+            progress.step(step, record["loss"])
             if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
                 elapsed = time.perf_counter() - tick
                 log.write({**record, "samples_per_s": samples / max(elapsed, 1e-9)})
@@ -478,7 +585,8 @@ def _relative_to(base: str, value: str | None) -> str | None:
     return os.path.normpath(os.path.join(base, value))
 
 
-def config_from_dict(raw: Mapping[str, Any], base_dir: str | None = None, default_root: str | None = None) -> TrainConfig:
+def config_from_dict(raw: Mapping[str, Any], base_dir: str | None = None, default_root: str | None = None,
+                     where: str = "train config") -> TrainConfig:
     """A TrainConfig from a mapping such as a job spec's ``train:`` section.
 
     Relative local paths (data.root, data.eval_root, data.text_tokenizer, out_dir,
@@ -497,7 +605,7 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: str | None = None, defaul
             if raw.get(key):
                 raw[key] = _relative_to(base_dir, raw[key])
     raw["data"] = data
-    return TrainConfig.model_validate(raw)
+    return validate_config(raw, where)
 
 
 def load_config(path: str) -> TrainConfig:
@@ -505,10 +613,12 @@ def load_config(path: str) -> TrainConfig:
     top-level ``root`` is the default dataset). Relative paths are relative to the file."""
     with fsspec.open(path, "r") as f:
         raw = yaml.safe_load(f)
+    if not isinstance(raw, dict) or not isinstance(raw.get("train", raw), dict):
+        raise UserError(f"{path}: expected a YAML mapping (a trainer config, or a job spec with a train: section)")
     section = raw.get("train", raw)
     default_root = raw.get("root") if "train" in raw else None
     base_dir = None if "://" in path else os.path.dirname(os.path.abspath(path))
-    return config_from_dict(section, base_dir, default_root)
+    return config_from_dict(section, base_dir, default_root, f"{path}: {'train' if 'train' in raw else 'config'}")
 
 
 def required_baselines_met(cfg: TrainConfig, summary: Mapping[str, Any]) -> bool:
@@ -544,7 +654,7 @@ def train_with_ray(config: TrainConfig | Mapping[str, Any], num_workers: int = 2
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
+    cfg = config if isinstance(config, TrainConfig) else validate_config(config)
     out = cfg.out_dir if "://" in cfg.out_dir else os.path.abspath(cfg.out_dir)
     trainer = TorchTrainer(
         _ray_train_loop,
