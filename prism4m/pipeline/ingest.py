@@ -159,6 +159,7 @@ class IngestWorker:
         t0 = time.perf_counter()
         cfg = self.cfg
         items = load_plan_shard(self.store, unit.shard)
+        uri_of = {it["key"]: it["file_uri"] for it in items}
         skip = set(unit.skip_keys)
         errors: list[dict] = [
             {"key": it["key"], "source": it["source_id"], "reason": "worker_died",
@@ -219,7 +220,7 @@ class IngestWorker:
                 outputs["caption"].append(Member(key, "txt", (caption or "").encode()))
         if unit.probe_keys is not None:
             return {"samples": len(outputs["rgb"]), "shard": unit.shard, "probe": True}
-        refusal = self._shrinks_committed(unit.shard, len(outputs["rgb"]), errors)
+        refusal = self._shrinks_committed(unit.shard, len(outputs["rgb"]), errors, uri_of)
         if refusal:
             return {"samples": 0, "shard": unit.shard, "refused": refusal}
         producer = ingest_producer(cfg)
@@ -231,7 +232,7 @@ class IngestWorker:
         self.store.commit_unit(unit.shard, outputs, records, {"rgb": errors})
         return {"samples": len(outputs["rgb"]), "shard": unit.shard, "errors": len(errors)}
 
-    def _shrinks_committed(self, shard: int, n_valid: int, errors: list[dict]) -> str | None:
+    def _shrinks_committed(self, shard: int, n_valid: int, errors: list[dict], uri_of: dict[str, str]) -> str | None:
         """Why this result must not replace the committed shard, if it must not.
 
         A recompute (``--force``) whose inputs went missing would commit fewer samples than
@@ -244,7 +245,7 @@ class IngestWorker:
         old_valid = old["n_samples"] - len(old.get("invalid", []))
         if n_valid >= old_valid:
             return None
-        missing = [e["source"] for e in errors if e["reason"] in ("unreadable", "worker_died")]
+        missing = sorted({uri_of[e["key"]] for e in errors if e["reason"] in ("unreadable", "worker_died")})
         if not missing:
             return None  # fewer samples because of the settings (e.g. a larger min_side): the user's choice
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
