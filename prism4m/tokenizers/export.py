@@ -34,6 +34,8 @@ from prism4m.tokenizers.serializers import token_sequence_folders
 
 SEQUENCE_FOLDERS = ("caption", "det", "metadata", "color_palette", "human_poses")
 EXPORT_DIR = "_export/parquet"
+#: the summary written last into the export directory (parts, sources, folders)
+EXPORT_SUMMARY = "_export.json"
 #: field metadata key of a text column: the extension of the members it holds
 EXT_METADATA_KEY = b"prism4m.ext"
 
@@ -139,5 +141,5 @@ def export_parquet(root: str, out: str | None = None, *, storage_options: dict |
     summary = {"format": "prism4m-parquet/1", "root": store.url, "rows": rows, "columns": schema.names,
                "parts": parts, "folders": {f: summarize_folder(ledgers[f]) for f in tok_folders + seq_folders},
                "exported_at": now_iso()}
-    out_fs.pipe_file(posixpath.join(out_path, "_export.json"), json.dumps(summary, indent=2).encode())
+    out_fs.pipe_file(posixpath.join(out_path, EXPORT_SUMMARY), json.dumps(summary, indent=2).encode())
     return summary

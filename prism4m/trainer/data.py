@@ -37,7 +37,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from prism4m.errors import UserError
 from prism4m.pipeline.store import GZIP_MAGIC
+from prism4m.tokenizers.export import EXPORT_SUMMARY, EXT_METADATA_KEY
 
 from .masking import UnifiedMasker
 from .modalities import EOS_ID, ModalitySpec
@@ -64,11 +66,20 @@ def _fs(root: str):
     return fsspec.core.url_to_fs(root)
 
 
+def _parquet_dir(fs, path: str) -> str:
+    """Where a Parquet export's parts are: ``path`` itself when it is an export directory
+    (its ``_export.json``, or a name ending in "parquet"), else ``path/_export/parquet``."""
+    if fs.exists(posixpath.join(path, EXPORT_SUMMARY)) or path.rstrip("/").endswith("parquet"):
+        return path
+    return posixpath.join(path, "_export", "parquet")
+
+
 def detect_layout(root: str) -> str:
     fs, path = _fs(root)
     if fs.exists(posixpath.join(path, "_ledger")):
         return "prism4m"
-    if fs.exists(posixpath.join(path, "_export", "parquet")) or path.rstrip("/").endswith("parquet"):
+    if fs.exists(posixpath.join(path, EXPORT_SUMMARY)) or fs.exists(posixpath.join(path, "_export", "parquet")) \
+            or path.rstrip("/").endswith("parquet"):
         return "parquet"
     return "ml4m"
 
@@ -93,10 +104,10 @@ def discover_shards(root: str, folders: Sequence[str], layout: str = "auto") -> 
         return fs.unstrip_protocol(p)
 
     if layout == "parquet":
-        directory = path if path.rstrip("/").endswith("parquet") else posixpath.join(path, "_export", "parquet")
+        directory = _parquet_dir(fs, path)
         parts = _listed_indices(fs, directory, _PART_RE)
         if not parts:
-            raise ValueError(f"no part-*.parquet files under {directory}")
+            raise UserError(f"{root}: no part-*.parquet files under {directory} (`prism4m export ROOT` writes them)")
         flagged = _export_random_weights(fs, directory, folders)
         return [ShardSource(i, {f: url(p) for f in folders}, kind="parquet", random_weights=set(flagged.get(i, ())))
                 for i, p in sorted(parts.items())]
@@ -112,7 +123,7 @@ def discover_shards(root: str, folders: Sequence[str], layout: str = "auto") -> 
     common = set.intersection(*(set(v) for v in per_folder.values())) if per_folder else set()
     if not common:
         counts = {f: len(v) for f, v in per_folder.items()}
-        raise ValueError(f"no shard is committed in every folder of {root} (committed shards per folder: {counts})")
+        raise UserError(f"no shard is committed in every folder of {root} (committed shards per folder: {counts})")
     sources = []
     for index in sorted(common):
         if layout == "prism4m":
@@ -135,7 +146,7 @@ def discover_shards(root: str, folders: Sequence[str], layout: str = "auto") -> 
 
 def _export_random_weights(fs, directory: str, folders: Sequence[str]) -> dict[int, list[str]]:
     """Part index → chosen folders the export's ``_export.json`` lists as random-weight."""
-    summary_path = posixpath.join(directory, "_export.json")
+    summary_path = posixpath.join(directory, EXPORT_SUMMARY)
     if not fs.exists(summary_path):
         return {}
     with fs.open(summary_path, "r") as f:
@@ -281,8 +292,6 @@ def iter_parquet_rows(source: ShardSource) -> Iterator[tuple[str, dict[str, Any]
     ``json``; tokenizers/export.py) gives ``(ext, bytes)``, decoded like the tar member it
     was; other text columns give ``("parquet", str)``. Nulls give None (an invalid record)."""
     import pyarrow.parquet as pq
-
-    from prism4m.tokenizers.export import EXT_METADATA_KEY
 
     url = next(iter(source.urls.values()))
     folders = list(source.urls)

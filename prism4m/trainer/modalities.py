@@ -26,6 +26,8 @@ from typing import Any, Literal, Mapping
 import fsspec
 
 from prism4m.errors import UserError
+from prism4m.pipeline.store import MANIFEST
+from prism4m.tokenizers.export import EXPORT_SUMMARY
 
 ModalityType = Literal["img", "seq", "global"]
 
@@ -124,7 +126,7 @@ def default_spec(modality: str) -> dict[str, Any] | None:
 
 #: what describes a root's folders: a prism4m root's manifest, or the export's summary
 #: (tokenizers/export.py) when the root is a Parquet export directory
-MANIFEST_FILES = ("prism4m.json", "_export.json")
+MANIFEST_FILES = (MANIFEST, EXPORT_SUMMARY)
 
 
 def read_manifest(root: str) -> dict[str, Any]:
