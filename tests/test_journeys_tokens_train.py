@@ -215,10 +215,14 @@ def test_bad_tokenizer_settings_are_one_line_errors(journey, tmp_path, setting, 
         train_tokenizer(journey["root"], "text", str(tmp_path / "t"), {key: int(value)}, progress=False)
 
 
-def test_tokenize_with_a_text_tokenizer_is_a_one_line_error(journey):
+def test_tokenize_refuses_what_it_cannot_do_in_one_line(journey, photo_root):
     text = journey["toks"]["text"]
     code, out = cli("tokenize", journey["root"], "-t", text, "-q")
     assert code == 2 and "Traceback" not in out, out
     assert re.match(rf"error: --tokenizer {re.escape(text)}: a text \(WordPiece\) tokenizer", out)
     with pytest.raises(UserError, match="WordPiece"):
         make_jobs([text])
+    # a root without the tokenizer's labels: an error, not "nothing to do" (refused while
+    # planning, so the shared root is not written)
+    code, out = cli("tokenize", photo_root, "-t", journey["toks"]["dinov2_global"], "-q")
+    assert code == 2 and re.match(r"error: .*dinov2 has no committed shard to tokenize; label it first", out), out

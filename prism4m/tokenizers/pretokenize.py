@@ -324,6 +324,10 @@ def plan_tokenize(store: DatasetStore, jobs: list[TokenizeJob], force: bool = Fa
         raise UserError(f"{store.url}: no committed rgb shards; run `prism4m ingest` first")
     crops = store.ledger("crop_settings")
     records = {f: store.ledger(f) for f in {j.folder for j in jobs} | {j.source_folder for j in jobs}}
+    unlabelled = sorted({j.source_folder for j in jobs if not records[j.source_folder]})
+    if unlabelled:  # nothing to tokenize is a mistake, not "up to date"
+        raise UserError(f"{store.url}: {', '.join(unlabelled)} has no committed shard to tokenize; "
+                        f"label it first (`prism4m label ROOT -m {','.join(unlabelled)}`)")
     summary = TokenizeSummary()
     todo: dict[int, list[int]] = defaultdict(list)
     for ji, job in enumerate(jobs):
