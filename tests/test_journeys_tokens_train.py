@@ -226,3 +226,12 @@ def test_tokenize_refuses_what_it_cannot_do_in_one_line(journey, photo_root):
     # planning, so the shared root is not written)
     code, out = cli("tokenize", photo_root, "-t", journey["toks"]["dinov2_global"], "-q")
     assert code == 2 and re.match(r"error: .*dinov2 has no committed shard to tokenize; label it first", out), out
+
+
+def test_a_train_config_typo_is_named_in_one_line(journey, tmp_path):
+    cfg = train_config(tmp_path / "train.yaml", journey["root"], [EDGE], steps=1)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["data"]["batch_sise"] = raw["data"].pop("batch_size")
+    cfg.write_text(yaml.safe_dump(raw))
+    code, out = cli("train", cfg)
+    assert code == 2 and out == f"error: {cfg}: data.batch_sise: unknown setting\n", out

@@ -436,11 +436,12 @@ def train(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def validate_config(raw: Mapping[str, Any], where: str = "train config") -> TrainConfig:
-    """A TrainConfig, or a UserError naming the bad key in prism4m's words."""
+    """A TrainConfig, or a UserError naming the bad key in prism4m's words
+    (``where: key.path: what was wrong``)."""
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(describe_validation_error(exc, where)) from None
+        raise UserError(f"{where}: {describe_validation_error(exc, '')}") from None
 
 
 def _duration(seconds: float) -> str:
@@ -618,7 +619,7 @@ def load_config(path: str) -> TrainConfig:
     section = raw.get("train", raw)
     default_root = raw.get("root") if "train" in raw else None
     base_dir = None if "://" in path else os.path.dirname(os.path.abspath(path))
-    return config_from_dict(section, base_dir, default_root, f"{path}: {'train' if 'train' in raw else 'config'}")
+    return config_from_dict(section, base_dir, default_root, f"{path}{' (train:)' if 'train' in raw else ''}")
 
 
 def required_baselines_met(cfg: TrainConfig, summary: Mapping[str, Any]) -> bool:
