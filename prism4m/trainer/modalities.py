@@ -141,7 +141,8 @@ def read_manifest(root: str) -> dict[str, Any]:
 
 
 def ledger_fields(root: str, folder: str) -> dict[str, Any]:
-    """Vocabulary/type from the newest ledger record of ``folder`` (prism4m roots), or {}."""
+    """Vocabulary/type from the tokenizer producer of ``folder``'s last ledger record (prism4m
+    roots; a manifest that lost the folder), or {}."""
     fs, path = fsspec.core.url_to_fs(root)
     directory = f"{path.rstrip('/')}/_ledger/{folder}"
     if not fs.exists(directory):
