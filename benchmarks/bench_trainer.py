@@ -81,6 +81,9 @@ def write_bench_root(root: str, n_shards: int = 4, per_shard: int = 500, n_crops
 
 def _registry(root: str, tokenizer):
     overrides = {m: {"vocab_size": tokenizer.get_vocab_size(), "num_tokens": 128} for m in ("caption", "det")}
+    # The bench root records no tokenizer, and the trainer never guesses a vocabulary: the
+    # generated ids are uniform over 4,096 codes (write_bench_root).
+    overrides.update({m: {"vocab_size": 4096} for m in IMAGE_MODALITIES})
     return build_registry(MODALITIES, root, overrides)
 
 
