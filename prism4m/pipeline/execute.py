@@ -15,21 +15,35 @@ against it — and then it is final, since Ray has already restarted the actor a
 the call `max_retries` times. A unit that kills its worker cannot take the others down with
 it, and costs 2 × (max_retries + 1) worker starts, not their product with our own retries.
 Each result records the node and process that produced it.
+
+Sizing and start-up never wait for ever. Without a worker count the pool is as large as the
+cluster holds by *every* resource an actor asks for (a 0.5-GPU actor on a 1-GPU node: 2, not
+one per CPU); a request no node can hold is refused (`UserError`) before any actor exists.
+Actors start asynchronously and each takes units once its own ready() returns; one whose
+resources cannot be reserved within `PRISM4M_ACTOR_START_TIMEOUT_S` (60 s) is reported and
+dropped, and if none can, the run fails (`ActorPlacementError`) instead of waiting.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from prism4m.errors import UserError
 from prism4m.pipeline.progress import Progress
 
 
 class WorkerStartupError(RuntimeError):
     """A worker could not start (e.g. missing model weights): nothing was processed."""
+
+
+class ActorPlacementError(WorkerStartupError, UserError):
+    """No actor of a group could be placed within the start-up bound: the cluster is full or
+    lacks what the actors ask for. A user error too (the CLI prints it as one line)."""
 
 
 @dataclass
@@ -40,6 +54,8 @@ class RunReport:
     failures: list[dict] = field(default_factory=list)  # {"unit": …, "reason": …, "message": …}
     results: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
+    actors: int = 0  # size of the pool started (what the cluster fits, or the worker count given)
+    actors_dropped: int = 0  # of them, not placed within the start-up bound
 
     @property
     def ok(self) -> bool:
@@ -90,6 +106,14 @@ def _instrumented(worker_cls: type) -> type:
     return Instrumented
 
 
+def _warn(message: str, progress: Progress | None) -> None:
+    stream = progress.stream if progress else sys.stderr
+    if progress is not None and progress.tty:
+        stream.write("\r\x1b[K")  # clear the progress line being redrawn
+    stream.write(message + "\n")
+    stream.flush()
+
+
 def run_units(
     units: Sequence[Any],
     worker_cls: type,
@@ -98,36 +122,116 @@ def run_units(
     workers: int | None = None,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
+    memory: float | None = None,
     resources: dict | None = None,
     max_retries: int = 2,
     inflight_per_worker: int = 2,
     progress: Progress | None = None,
     on_failure: Callable[[Any, str, str], None] | None = None,
+    name: str | None = None,
+    start_timeout_s: float | None = None,
 ) -> RunReport:
+    """Process `units` on actors of `worker_cls`; `workers=None`: as many as the cluster holds.
+
+    `name` names the actor group in messages (default: the progress description). An actor that
+    is not placed within `start_timeout_s` (default: `ray_env.actor_start_timeout_s()`) is
+    reported and dropped; if none is placed, `ActorPlacementError`.
+    """
     import ray
+
+    from prism4m.pipeline import ray_env
 
     report = RunReport(units_total=len(units))
     if not units:
         return report
     t0 = time.perf_counter()
-    remote_cls = ray.remote(_instrumented(worker_cls)).options(
-        num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or {},
-        max_restarts=max_retries, max_task_retries=max_retries,
-    )
-    if workers is None:  # as many as the cluster's CPUs fit
-        from prism4m.pipeline.ray_env import cluster_cpus
+    what = name or (progress.desc if progress else worker_cls.__name__)
+    request = ray_env.resource_request(num_cpus, num_gpus, memory, resources)
+    asks = ray_env.describe_request(request)
+    nodes = ray_env.alive_node_resources()
+    # A request no node can hold would wait for ever (Ray keeps such actors pending): refuse it
+    # before any actor exists.
+    unfit = ray_env.unfit_request(what, request, nodes)
+    if unfit:
+        raise UserError(unfit)
+    if workers is None:  # every resource the actor asks for counts, node by node
+        workers = ray_env.actors_that_fit(num_cpus, num_gpus, memory, resources, nodes=nodes)
+    n_actors = report.actors = max(1, min(workers, len(units)))
+    timeout_s = ray_env.actor_start_timeout_s() if start_timeout_s is None else float(start_timeout_s)
+    actor_cls = ray.remote(_instrumented(worker_cls))
+    actor_opts = dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory or None, resources=resources or {},
+                      max_restarts=max_retries, max_task_retries=max_retries)
 
-        workers = max(1, int(cluster_cpus() // max(num_cpus, 1e-3)))
-    n_actors = max(1, min(workers, len(units)))
-    actors = [remote_cls.remote(*worker_args) for _ in range(n_actors)]
+    # Actor slots. Start-up is asynchronous: an actor takes units as soon as its own ready()
+    # has returned, so an actor that cannot be placed (no free GPU) delays nothing. Each actor
+    # reserves its resources through a one-bundle placement group first: `pg.ready()` says
+    # "placed" the moment the cluster has set them aside (a worker process starting or models
+    # loading are not placement), and only that wait is bounded in time.
+    actors: list[Any] = [None] * n_actors
+    groups: list[Any] = [None] * n_actors  # each actor's placement group
+    is_ready = [False] * n_actors
+    placing: dict[Any, int] = {}  # pg.ready() ref -> slot, until its resources are reserved
+    readying: dict[Any, int] = {}  # ready() ref -> slot, until ready() returns
+    created_at = [0.0] * n_actors
+
+    def start(slot: int) -> None:
+        opts = dict(actor_opts)
+        if request:  # an actor asking for nothing needs no reservation (and Ray refuses empty bundles)
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            groups[slot] = ray.util.placement_group([request])
+            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(groups[slot], 0)
+            placing[groups[slot].ready()] = slot
+        created_at[slot] = time.monotonic()
+        actors[slot] = actor_cls.options(**opts).remote(*worker_args)
+        is_ready[slot] = False
+        readying[actors[slot].ready.remote()] = slot
+
+    def release(slot: int) -> None:
+        """Kill a slot's actor and hand back its reservation (killing alone would keep it held)."""
+        for refs in (placing, readying):
+            for ref in [r for r, i in refs.items() if i == slot]:
+                del refs[ref]
+        if actors[slot] is not None:
+            try:
+                ray.kill(actors[slot], no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        if groups[slot] is not None:
+            try:
+                ray.util.remove_placement_group(groups[slot])
+            except Exception:  # noqa: BLE001 - already removed
+                pass
+        actors[slot] = groups[slot] = None
+        is_ready[slot] = False
+
+    def drop_unplaced() -> None:
+        """Drop actors not placed within the bound; fail fast if no actor could be placed at all."""
+        now = time.monotonic()
+        grace = min(1.0, timeout_s / 10)  # actors started together are judged together
+        late = sorted({i for i in placing.values() if now - created_at[i] >= timeout_s - grace})
+        if not late:
+            return
+        placed = sum(a is not None for a in actors) - len(set(placing.values()))
+        if placed == 0:
+            late = sorted(set(placing.values()))
+        for i in late:
+            release(i)
+        report.actors_dropped += len(late)
+        cluster = (f"cluster: {ray_env.describe_nodes(ray_env.alive_node_resources())}; free now "
+                   f"{_free(ray.available_resources())}")
+        if placed == 0:
+            raise ActorPlacementError(
+                f"{what}: no actor could be placed in {timeout_s:g} s: each asks for {asks}; {cluster} "
+                f"(other work holds the rest, or the cluster lacks it; the bound is "
+                f"PRISM4M_ACTOR_START_TIMEOUT_S)")
+        _warn(f"warning: {what}: {len(late)} actor{'s' if len(late) != 1 else ''} asking for {asks} "
+              f"each could not be placed in {timeout_s:g} s and {'were' if len(late) != 1 else 'was'} "
+              f"dropped; continuing on {sum(a is not None for a in actors)} ({cluster})", progress)
+
     try:
-        # Start-up errors (no weights, bad config) abort before any unit is processed.
-        try:
-            ray.get([a.ready.remote() for a in actors])
-        except Exception as exc:  # noqa: BLE001 - re-raised with the worker's message
-            reason, msg = _short_error(exc)
-            raise WorkerStartupError(f"{worker_cls.__name__} could not start: {msg}") from None
-
+        for slot in range(n_actors):
+            start(slot)
         pending = list(enumerate(units))[::-1]  # stack: pop() yields units in order
         attempts: dict[int, int] = {}
         suspects: set[int] = set()  # units that were on an actor when it died: rerun alone
@@ -152,7 +256,7 @@ def run_units(
             while pending and placed:
                 placed = False
                 for a in range(n_actors):
-                    if not pending or load[a] >= inflight_per_worker:
+                    if not pending or not is_ready[a] or load[a] >= inflight_per_worker:
                         continue
                     item = take(a)
                     if item is None:
@@ -171,10 +275,33 @@ def run_units(
             if progress:
                 progress.update(units=1, failed=1)
 
-        fill()
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1)
+        while inflight or pending:
+            if not (inflight or placing or readying):  # every actor is gone: cannot happen silently
+                raise ActorPlacementError(f"{what}: no actor left to run {len(pending)} unit(s); each asks "
+                                          f"for {asks}")
+            timeout = None  # bounded only while some actor waits to be placed
+            if placing:
+                timeout = max(0.0, min(created_at[i] for i in placing.values()) + timeout_s - time.monotonic())
+            ready, _ = ray.wait([*inflight, *placing, *readying], num_returns=1, timeout=timeout)
+            if not ready:
+                drop_unplaced()
+                continue
             fut = ready[0]
+            if fut in placing:  # its resources are reserved: the actor is starting there
+                del placing[fut]
+                continue
+            if fut in readying:
+                slot = readying.pop(fut)
+                try:
+                    ray.get(fut)
+                except Exception as exc:  # noqa: BLE001 - re-raised with the worker's message
+                    # Start-up errors (no weights, bad config) abort the run: every actor runs the
+                    # same ready(), and the first to fail does so before it gets any unit.
+                    reason, msg = _short_error(exc)
+                    raise WorkerStartupError(f"{worker_cls.__name__} could not start: {msg}") from None
+                is_ready[slot] = True
+                fill()
+                continue
             idx, unit, actor_idx, handle = inflight.pop(fut)
             load[actor_idx] -= 1
             if load[actor_idx] == 0:
@@ -186,12 +313,10 @@ def run_units(
                 if reason == "worker_died":
                     if actors[actor_idx] is handle:
                         # Ray already restarted and retried; replace the actor once (killing it
-                        # first, so a half-alive one cannot keep holding its resources).
-                        try:
-                            ray.kill(handle, no_restart=True)
-                        except Exception:  # noqa: BLE001 - already gone
-                            pass
-                        actors[actor_idx] = remote_cls.remote(*worker_args)
+                        # first, so a half-alive one cannot keep holding its resources). The new
+                        # one starts like the first ones: units once it is ready, placement bounded.
+                        release(actor_idx)
+                        start(actor_idx)
                     if idx not in suspects:
                         suspects.add(idx)  # first death: maybe a neighbour's fault; rerun alone
                         pending.append((idx, unit))
@@ -213,12 +338,13 @@ def run_units(
                                     invalid=_count(result.get("invalid", result.get("errors", 0))))
             fill()
     finally:
-        for a in actors:
-            try:
-                ray.kill(a)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        for slot in range(n_actors):
+            release(slot)
         if progress:
             progress.close()
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def _free(resources: dict) -> str:
+    return " + ".join(f"{resources.get(k, 0.0):g} {k}" for k in ("CPU", "GPU"))  # Ray omits zeros

@@ -2,11 +2,25 @@
 
 Locally every socket stays on loopback (ENVIRONMENT.md): the env var below makes the local
 node bind 127.0.0.1. On a cluster the user passes `--ray-address auto` and nothing else changes.
+
+Which Ray a command uses:
+- no address: a private local instance (`address="local"`), never a stray one that happens to
+  run on the machine (Ray's own default, `address=None`, would join the latest `ray start`);
+- `RAY_ADDRESS` set and no address given: that cluster, as if passed as the address. This is
+  how Ray Jobs tell a driver where to run (`ray job submit` sets it), so ignoring it would run
+  a job on one private node; joining is never silent (see below);
+- an address (`auto`, `host:port`): that cluster; the joined cluster (address, nodes, CPUs,
+  GPUs) is printed to stderr, and a cluster that cannot be found is a `UserError`.
+
+Sizing: `actors_that_fit` counts actors by every resource they ask for, node by node (an actor
+never spans nodes), so a GPU-fraction group gets as many actors as the GPUs hold, not one per
+CPU; `unfit_request` names a request no node can ever hold.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 _started_here = False
@@ -31,14 +45,165 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> float
     if ray.is_initialized():
         return 0.0
     t0 = time.perf_counter()
+    from_env = not address and bool(os.environ.get("RAY_ADDRESS"))
+    if from_env:
+        address = os.environ["RAY_ADDRESS"]
     if address:
-        ray.init(address=address, log_to_driver=False)
+        from prism4m.errors import UserError
+
+        given = f"{'RAY_ADDRESS' if from_env else '--ray-address'} {address}"
+        target = _resolve(address)
+        if target is None:
+            raise UserError(f"{given}: no running Ray cluster found to join; start one with `ray start --head` "
+                            f"or omit the address to run on a local Ray")
+        # Ray retries an unreachable GCS for minutes: a plain TCP check answers in seconds.
+        why = _unreachable(target)
+        if why:
+            raise UserError(f"{given}: cannot reach a Ray cluster at {target} ({why})")
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:
+            raise UserError(f"{given}: could not join the Ray cluster ({_first_line(exc)})") from None
+        print(f"joined Ray cluster at {describe_cluster()}"
+              + (" (from RAY_ADDRESS)" if from_env else ""), file=sys.stderr, flush=True)
     else:
-        # address="local": always start our own instance, never join a stray one on this machine.
+        # address="local": always start our own instance, never join a stray one on this machine
+        # (it also makes Ray ignore RAY_ADDRESS; handled above).
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  object_store_memory=256 * 2**20)
         _started_here = True
     return time.perf_counter() - t0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _resolve(address: str) -> str | None:
+    """The GCS address `address` stands for (`auto`: the latest `ray start` on this machine, or
+    a running instance); None when `auto` finds nothing. Unknown forms are returned as given."""
+    if address != "auto":
+        return address
+    try:
+        from ray._private import services  # where ray.init resolves "auto" itself
+    except ImportError:  # moved in another Ray: let ray.init judge
+        return address
+    try:
+        return services.canonicalize_bootstrap_address(address, temp_dir=None) or address
+    except ConnectionError:
+        return None
+    except Exception:  # noqa: BLE001 - a changed private API: let ray.init judge
+        return address
+
+
+def _unreachable(address: str, timeout_s: float = 10.0) -> str | None:
+    """Why no TCP connection opens to `host:port` (None when one does, or for other forms)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+def describe_cluster() -> str:
+    """'ADDRESS: N nodes, C CPUs, G GPUs' of the Ray this process is connected to."""
+    import ray
+
+    try:
+        address = ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - only for display
+        address = "?"
+    nodes = alive_node_resources()
+    total = ray.cluster_resources()
+    def count(n: float, what: str) -> str:
+        return f"{_num(n)} {what}{'' if n == 1 else 's'}"
+
+    return (f"{address}: {count(len(nodes), 'node')}, {count(total.get('CPU', 0), 'CPU')}, "
+            f"{count(total.get('GPU', 0), 'GPU')}")
+
+
+def actor_start_timeout_s() -> float:
+    """How long an actor may wait to be placed before it is reported and dropped."""
+    return float(os.environ.get("PRISM4M_ACTOR_START_TIMEOUT_S", ACTOR_START_TIMEOUT_S))
+
+
+ACTOR_START_TIMEOUT_S = 60.0
+
+# Ray stores resource quantities in fixed point with 4 decimals: compare in those units, or
+# 0.6 GPU / 0.2 per actor gives 2.9999… actors.
+_FIXED = 10_000
+
+
+def resource_request(num_cpus: float = 1.0, num_gpus: float = 0.0, memory: float | None = None,
+                     resources: dict | None = None) -> dict[str, float]:
+    """What one actor asks for, in Ray's resource names (zero entries left out)."""
+    req = {"CPU": num_cpus, "GPU": num_gpus, "memory": memory or 0.0, **(resources or {})}
+    return {k: float(v) for k, v in req.items() if v and float(v) > 0}
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def describe_request(req: dict[str, float]) -> str:
+    """'1 CPU + 0.5 GPU + 2 GiB memory' (what one actor asks for)."""
+    parts = []
+    for k, v in req.items():
+        if k in ("memory", "object_store_memory"):
+            parts.append(f"{v / 2**30:.3g} GiB {k.replace('_', ' ')}")
+        else:
+            parts.append(f"{_num(v)} {k}")
+    return " + ".join(parts) or "no resources"
+
+
+def alive_node_resources() -> list[dict[str, float]]:
+    """Total resources of each alive node (what an actor can ever get there)."""
+    import ray
+
+    return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def _fit_on_node(total: dict[str, float], req: dict[str, float]) -> int:
+    if not req:  # asks for nothing: one per CPU, like the default sizing always did
+        return int(total.get("CPU", 0))
+    return min(int(round(total.get(k, 0.0) * _FIXED)) // max(1, int(round(v * _FIXED))) for k, v in req.items())
+
+
+def actors_that_fit(num_cpus: float = 1.0, num_gpus: float = 0.0, memory: float | None = None,
+                    resources: dict | None = None, *, nodes: list[dict] | None = None) -> int:
+    """How many actors of this request the cluster holds now: per alive node the number that fit
+    there whole (every requested resource counts), summed over nodes."""
+    req = resource_request(num_cpus, num_gpus, memory, resources)
+    nodes = alive_node_resources() if nodes is None else nodes
+    return sum(_fit_on_node(n, req) for n in nodes)
+
+
+def describe_nodes(nodes: list[dict[str, float]], keys: tuple[str, ...] = ("CPU", "GPU")) -> str:
+    """'1 node with 0 CPU, 2 nodes with 4 CPU + 1 GPU' (node shapes, for error messages)."""
+    shapes: dict[str, int] = {}
+    for n in nodes:
+        shape = " + ".join(f"{_num(n.get(k, 0.0))} {k}" for k in keys) if keys else "?"
+        shapes[shape] = shapes.get(shape, 0) + 1
+    return ", ".join(f"{c} node{'s' if c != 1 else ''} with {shape}" for shape, c in shapes.items()) or "no nodes"
+
+
+def unfit_request(what: str, req: dict[str, float], nodes: list[dict] | None = None) -> str | None:
+    """None when some alive node can hold one actor of `req`; else the message saying why not."""
+    nodes = alive_node_resources() if nodes is None else nodes
+    if any(_fit_on_node(n, req) > 0 for n in nodes):
+        return None
+    keys = tuple(dict.fromkeys(("CPU", "GPU", *req)))
+    shown = [{k: (v / 2**30 if k.endswith("memory") else v) for k, v in n.items()} for n in nodes]
+    unit = " (memory in GiB)" if any(k.endswith("memory") for k in keys) else ""
+    return (f"{what}: each actor asks for {describe_request(req)}, which no node of this cluster can hold "
+            f"(an actor runs on one node; nodes{unit}: {describe_nodes(shown, keys)}); lower the request "
+            f"or add a node that large")
 
 
 def cluster_cpus() -> float:
