@@ -8,7 +8,8 @@ Which Ray a command uses:
   run on the machine (Ray's own default, `address=None`, would join the latest `ray start`);
 - `RAY_ADDRESS` set and no address given: that cluster, as if passed as the address. This is
   how Ray Jobs tell a driver where to run (`ray job submit` sets it), so ignoring it would run
-  a job on one private node; joining is never silent (see below);
+  a job on one private node; joining is never silent (see below). A caller asking for a local
+  Ray of a given size (`num_cpus`, as the test session does) still gets its own;
 - an address (`auto`, `host:port`): that cluster; the joined cluster (address, nodes, CPUs,
   GPUs) is printed to stderr, and a cluster that cannot be found is a `UserError`.
 
@@ -45,7 +46,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> float
     if ray.is_initialized():
         return 0.0
     t0 = time.perf_counter()
-    from_env = not address and bool(os.environ.get("RAY_ADDRESS"))
+    # A caller that sizes a local Ray (num_cpus: the test session) gets one whatever RAY_ADDRESS says.
+    from_env = not address and num_cpus is None and bool(os.environ.get("RAY_ADDRESS"))
     if from_env:
         address = os.environ["RAY_ADDRESS"]
     if address:
