@@ -171,10 +171,8 @@ def status(
     from prism4m import api
 
     st = api.status(root, _json_opt(storage_options, "--storage-options"))
-    if as_json:
-        from dataclasses import asdict
-
-        typer.echo(json.dumps(asdict(st), indent=2, default=str))
+    if as_json:  # shape: DatasetStatus.to_json
+        typer.echo(json.dumps(st.to_json(), indent=2))
     else:
         from prism4m.report.status import format_status
 

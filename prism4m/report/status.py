@@ -27,6 +27,11 @@ class FolderStatus:
     invalid: int = 0
     errors: Counter = field(default_factory=Counter)
 
+    def to_json(self) -> dict:
+        return {"folder": self.folder, "producer": self.producer, "random_weights": self.random_weights,
+                "committed": self.committed, "stale": self.stale, "missing": self.missing, "failed": self.failed,
+                "samples": self.samples, "invalid": self.invalid, "errors": _counts(self.errors)}
+
 
 @dataclass
 class DatasetStatus:
@@ -39,6 +44,25 @@ class DatasetStatus:
     @property
     def random_weights(self) -> bool:
         return any(f.random_weights for f in self.folders)
+
+    def to_json(self) -> dict:
+        """The shape `prism4m status --json` prints (plain JSON types only)::
+
+            {"root": url, "rgb_shards": n, "random_weights": bool,
+             "folders": [{"folder", "producer", "random_weights", "committed", "stale", "missing",
+                          "failed", "samples", "invalid", "errors": {reason: n}}, ...],
+             "source_errors": {reason: n},      # input files ingest refused
+             "failures": [{"folder", "shard", "reason", "message", "at"}, ...]}
+        """
+        return {"root": self.root, "rgb_shards": self.rgb_shards, "random_weights": self.random_weights,
+                "folders": [f.to_json() for f in self.folders], "source_errors": _counts(self.source_errors),
+                "failures": [dict(f) for f in self.failures]}
+
+
+def _counts(counter: Counter) -> dict[str, int]:
+    # Built by hand: dataclasses.asdict rebuilds a Counter from its (key, value) pairs and so
+    # counts the tuples, which json cannot encode.
+    return {str(k): int(v) for k, v in sorted(counter.items())}
 
 
 def dataset_status(root: str, storage_options: dict | None = None) -> DatasetStatus:
@@ -104,9 +128,9 @@ def format_status(st: DatasetStatus) -> str:
         rows.append([f.folder, producer, f.committed, f.stale, f.missing, f.failed, f.samples, f.invalid, err])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
     lines = [f"dataset {st.root}: {st.rgb_shards} rgb shards"]
-    lines.append("  ".join(str(h).ljust(w) for h, w in zip(head, widths)))
+    lines.append("  ".join(str(h).ljust(w) for h, w in zip(head, widths)).rstrip())
     for r in rows:
-        lines.append("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+        lines.append("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
     if st.source_errors:
         lines.append("input files not ingested: " + ", ".join(f"{k}={v}" for k, v in sorted(st.source_errors.items())))
     if st.random_weights:
