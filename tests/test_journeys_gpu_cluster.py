@@ -268,8 +268,6 @@ def test_cli_label_on_an_external_gpu_head_says_where_and_completes(external_hea
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason="label.py caps a group's GPU request at 1.0 (min(1.0, …)), so 1.5 runs "
-                                       "as 1; run_units refuses 1.5 (see the driver test) once the cap is gone")
 def test_cli_refuses_a_gpu_request_no_node_can_hold(external_head, head_root, depth_ckpt):
     t = time.monotonic()
     proc = _cli(["label", head_root, "-m", "depth", "--force", "-c", f"depth.checkpoint={depth_ckpt}",

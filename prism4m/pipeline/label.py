@@ -297,6 +297,10 @@ def label(root: str, modalities: list[str], configs: dict[str, dict] | None = No
     if unknown_cfg:
         raise PlanError(f"config given for labelers not in this run: {', '.join(sorted(unknown_cfg))}")
     labelers = {name: make_labeler(name, configs.get(name)) for name in modalities}
+    if ray_address:  # say which cluster was joined before planning (the plan may take a while)
+        from prism4m.pipeline.ray_env import ensure_ray
+
+        ensure_ray(ray_address)
     levels, summary = plan(store, labelers, force=force, update_stale=update_stale, retry_invalid=retry_invalid,
                            overwrite_owned=overwrite_owned)
     # What the user asked for is what `status` measures staleness against from now on.
@@ -317,7 +321,8 @@ def label(root: str, modalities: list[str], configs: dict[str, dict] | None = No
                 num_cpus = max(r.num_cpus for r in res)
                 # A GPU fraction on a cluster without GPUs would leave the actors pending forever:
                 # run on CPU there (the labeler's device falls back to cpu by itself).
-                num_gpus = min(1.0, sum(r.num_gpus for r in res)) if cluster_gpus() > 0 else 0.0
+                # A group asking for more than a node has is refused by run_units, before any work.
+                num_gpus = sum(r.num_gpus for r in res) if cluster_gpus() > 0 else 0.0
                 specs = [(n, labelers[n].config.model_dump(mode="json")) for n in group]
                 desc = f"label {'+'.join(group)}"
 

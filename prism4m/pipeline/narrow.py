@@ -38,6 +38,7 @@ def run_narrowing_deaths(units: Sequence[Any], worker_cls: type, worker_args: tu
         elif on_failure is not None:
             on_failure(unit, reason, message)
 
+    run_kwargs.setdefault("name", describe or None)
     report = run_units(units, worker_cls, worker_args, max_retries=max_retries, on_failure=defer_deaths,
                        progress=progress, **run_kwargs)
     if not died:
