@@ -45,7 +45,8 @@ from prism4m import __version__
 from prism4m.errors import UserError
 from prism4m.pipeline.execute import RunReport, run_units
 from prism4m.pipeline.progress import Progress
-from prism4m.pipeline.store import DatasetStore, Member, content_hash, producer_hash, shard_compression
+from prism4m.pipeline.store import (DatasetStore, Member, absolute_url, content_hash, producer_hash,
+                                    shard_compression)
 
 #: bump when the same tokenizer would write different tokens (crop/normalise code changes)
 TOKENIZE_VERSION = "1"
@@ -278,7 +279,8 @@ def make_jobs(tokenizer_dirs: list[str], folders: dict[str, str] | None = None) 
     from prism4m.tokenizers.specs import SPECS
 
     jobs = []
-    for url in tokenizer_dirs:
+    for given in tokenizer_dirs:
+        url = absolute_url(given)  # workers load it: a relative dir means nothing in their cwd
         card = read_tokenizer_card(url)
         if card.type == "wordpiece":
             raise UserError(f"--tokenizer {url}: a text (WordPiece) tokenizer; tokenize takes image, feature, "
@@ -290,7 +292,7 @@ def make_jobs(tokenizer_dirs: list[str], folders: dict[str, str] | None = None) 
         if spec is None:
             raise UserError(f"--tokenizer {url}: modality {card.modality!r} has no tokenize spec; "
                             f"known: {', '.join(sorted(SPECS))}")
-        folder = (folders or {}).get(url) or card.token_folder or spec.token_folder(card.input_size)
+        folder = (folders or {}).get(given) or (folders or {}).get(url) or card.token_folder or spec.token_folder(card.input_size)
         jobs.append(TokenizeJob(url, folder, tokenizer_producer(card, folder), spec.folder))
     names = [j.folder for j in jobs]
     if len(set(names)) != len(names):
