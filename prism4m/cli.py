@@ -1,6 +1,8 @@
 """The `prism4m` command line. Each command is a thin shell over a function of prism4m.api.
 
 Imports are lazy: `prism4m status` on a finished root must not pay for torch or Ray.
+A mistake the user can fix (prism4m.errors.user_error_message) prints one line `error: …` and
+exits 2 on every command; that is handled once, in `Prism4mGroup`, not per command.
 """
 
 from __future__ import annotations
@@ -10,9 +12,51 @@ import sys
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+from prism4m.errors import UserError, refuse_file_root
+
+
+class Prism4mGroup(TyperGroup):
+    """Every command (sub-groups included) is parsed and run inside this group's invoke: user
+    errors become one line on stderr and exit code 2; anything else is a bug and keeps its
+    traceback. (Malformed command lines are typer's: usage, its message, exit code 2.)"""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            from prism4m.errors import user_error_message
+
+            message = user_error_message(exc)
+            if message is None:
+                raise
+            typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=Prism4mGroup, add_completion=False, no_args_is_help=True,
                   help="Build aligned, pre-tokenized multimodal 4M datasets on Ray, and train on them.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from prism4m import __version__
+
+        typer.echo(f"prism4m {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _top(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="print the version and exit")) -> None:
+    pass
+
+
+def root_argument(help: str = "dataset root (local or s3://…)"):
+    """ROOT of every command: a local regular file is refused before any work, naming it."""
+    return typer.Argument(..., help=help, callback=refuse_file_root)
+
 
 RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster address ('auto' on a cluster); default: local Ray")
 WORKERS = typer.Option(None, "--workers", "-w", help="actors per stage (default: as many as the cluster fits)")
@@ -27,15 +71,10 @@ def _json_opt(text: Optional[str], name: str) -> Optional[dict]:
     try:
         value = json.loads(text)
     except ValueError as exc:
-        _fail(f"{name}: not valid JSON ({exc})")
+        raise UserError(f"{name}: not valid JSON ({exc})")
     if not isinstance(value, dict):
-        _fail(f"{name}: expected a JSON object")
+        raise UserError(f"{name}: expected a JSON object")
     return value
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict]:
@@ -45,7 +84,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for item in items:
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            _fail(f"--config {item!r}: expected LABELER.KEY=VALUE, e.g. canny_edge.low=50")
+            raise UserError(f"--config {item!r}: expected LABELER.KEY=VALUE, e.g. canny_edge.low=50")
         lhs, value = item.split("=", 1)
         name, key = lhs.split(".", 1)
         out.setdefault(name, {})[key] = yaml.safe_load(value)
@@ -59,7 +98,7 @@ def parse_key_values(items: list[str]) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
-            _fail(f"--set {item!r}: expected KEY=VALUE, e.g. max_seconds=60")
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. max_seconds=60")
         key, value = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(value)
     return out
@@ -75,7 +114,7 @@ def _print_failures(kind: str, failures: list[dict]) -> None:
 @app.command()
 def ingest(
     source: str = typer.Argument(..., help="folder, tar/WebDataset, Parquet or img2dataset output (local or s3://…)"),
-    root: str = typer.Argument(..., help="dataset root to create or extend (local or s3://…)"),
+    root: str = root_argument("dataset root to create or extend (local or s3://…)"),
     shard_size: int = typer.Option(1000, help="samples per shard"),
     short_side: int = typer.Option(512, help="resize so the short side is this many pixels"),
     jpeg_quality: int = typer.Option(90, help="JPEG quality of rgb/"),
@@ -101,16 +140,8 @@ def ingest(
                          max_retries=max_retries, show_progress=not quiet, shard_size=shard_size, short_side=short_side,
                          jpeg_quality=jpeg_quality, n_crops=n_crops, seed=seed, max_pixels=max_pixels,
                          min_side=min_side, dedup=not no_dedup)
-    refused = sum(v for k, v in summary.scan_errors.items() if k != "duplicate")
-    done = sum(r.get("samples", 0) for rep in summary.reports for r in rep.results if "shard" in r)
-    bad = sum(r.get("errors", 0) for rep in summary.reports for r in rep.results if "shard" in r)
-    typer.echo(f"ingest: {summary.files_listed} files listed, {summary.new_items} new items, "
-               f"{summary.samples_planned} samples planned, {summary.duplicates} duplicates, "
-               f"{summary.skipped_shards} shards already committed, {done} samples written, "
-               f"{bad} refused while decoding, {refused} refused while listing/scanning "
-               f"({summary.wall_s:.1f}s)")
-    if summary.scan_errors:
-        typer.echo("  listing/scan: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.scan_errors.items())))
+    for line in api.describe_ingest(summary):
+        typer.echo(line)
     if summary.failures:
         _print_failures("ingest", summary.failures)
         raise typer.Exit(1)
@@ -118,7 +149,7 @@ def ingest(
 
 @app.command()
 def label(
-    root: str = typer.Argument(..., help="dataset root (local or s3://…)"),
+    root: str = root_argument(),
     modalities: str = typer.Option(..., "--modalities", "-m", help="comma-separated labelers, e.g. canny_edge,color_palette,metadata"),
     config: list[str] = typer.Option([], "--config", "-c", help="LABELER.KEY=VALUE (repeatable)"),
     config_file: Optional[str] = typer.Option(None, "--config-file", help="YAML {labeler: {key: value}}"),
@@ -138,24 +169,17 @@ def label(
     configs: dict[str, dict] = {}
     if config_file:
         with open(config_file) as fh:
-            configs = yaml.safe_load(fh) or {}
+            configs = yaml.safe_load(fh) or {}  # a YAML error names the file (Prism4mGroup)
+        if not isinstance(configs, dict) or not all(isinstance(v, dict) for v in configs.values()):
+            raise UserError(f"{config_file}: expected a YAML mapping {{labeler: {{key: value}}}}")
     for name, kv in parse_overrides(config).items():
         configs.setdefault(name, {}).update(kv)
     mods = [m.strip() for m in modalities.split(",") if m.strip()]
-    try:
-        summary = api.label(root, mods, configs, workers=workers, force=force, update_stale=update_stale,
-                            ray_address=ray_address, show_progress=not quiet, max_retries=max_retries,
-                            storage_options=_json_opt(storage_options, "--storage-options"))
-    except (api.PlanError, api.WorkerStartupError, KeyError, ValueError) as exc:
-        _fail(str(exc).strip("'\""))
-    planned = ", ".join(f"{k}={v}" for k, v in sorted(summary.planned.items())) or "nothing to do"
-    typer.echo(f"label: ran {planned}; up to date: "
-               f"{', '.join(f'{k}={v}' for k, v in sorted(summary.skipped.items())) or '-'} "
-               f"({summary.wall_s:.1f}s)")
-    if summary.stale_skipped:
-        typer.secho("  stale (config or inputs changed), not recomputed: "
-                    + ", ".join(f"{k}={v}" for k, v in sorted(summary.stale_skipped.items()))
-                    + " — rerun with --update-stale to recompute them", fg=typer.colors.YELLOW)
+    summary = api.label(root, mods, configs, workers=workers, force=force, update_stale=update_stale,
+                        ray_address=ray_address, show_progress=not quiet, max_retries=max_retries,
+                        storage_options=_json_opt(storage_options, "--storage-options"))
+    for line in api.describe_label(summary):
+        typer.echo(line)
     if summary.failures:
         _print_failures("label", summary.failures)
         raise typer.Exit(1)
@@ -163,7 +187,7 @@ def label(
 
 @app.command()
 def status(
-    root: str = typer.Argument(..., help="dataset root (local or s3://…)"),
+    root: str = root_argument(),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     storage_options: Optional[str] = STORAGE,
 ) -> None:
@@ -181,7 +205,7 @@ def status(
 
 @app.command()
 def report(
-    root: str = typer.Argument(..., help="dataset root (local or s3://…)"),
+    root: str = root_argument(),
     out: str = typer.Option(..., "--out", "-o", help="output directory (index.html + assets/)"),
     samples: int = typer.Option(16, "--samples", "-n", help="samples in the gallery"),
     tokenizer: list[str] = typer.Option([], "--tokenizer", "-t", help="tokenizer dir whose reconstructions to show (repeatable)"),
@@ -196,8 +220,8 @@ def report(
 
 @app.command()
 def estimate(
-    images: int = typer.Option(..., "--images", help="corpus size to project"),
-    gpus: int = typer.Option(..., "--gpus", help="GPUs available"),
+    images: int = typer.Option(..., "--images", min=0, help="corpus size to project"),
+    gpus: int = typer.Option(..., "--gpus", min=1, help="GPUs available"),
     labelers: Optional[str] = typer.Option(None, "--labelers", help="comma-separated (default: all measured)"),
     root: Optional[str] = typer.Option(None, "--root", help="measure throughput from this root's ledger (a pilot run)"),
     cpus_per_gpu: int = typer.Option(8, "--cpus-per-gpu", help="CPU cores per GPU for CPU-only labelers"),
@@ -208,11 +232,7 @@ def estimate(
     from prism4m.report.estimate import format_estimate
 
     names = [x.strip() for x in labelers.split(",") if x.strip()] if labelers else None
-    try:
-        typer.echo(format_estimate(api.estimate(images, gpus, names, root, cpus_per_gpu=cpus_per_gpu,
-                                                speedup=speedup)))
-    except ValueError as exc:
-        _fail(str(exc))
+    typer.echo(format_estimate(api.estimate(images, gpus, names, root, cpus_per_gpu=cpus_per_gpu, speedup=speedup)))
 
 
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train and inspect tokenizers.")
@@ -223,7 +243,7 @@ app.add_typer(tokens_app, name="tokens")
 
 @tokenizer_app.command("train")
 def tokenizer_train(
-    root: str = typer.Argument(..., help="dataset root with the modality labelled"),
+    root: str = root_argument("dataset root with the modality labelled"),
     modality: str = typer.Option(..., "--modality", "-m",
                                  help="rgb, depth, normal, canny_edge, sam_edge, semseg_coco, clip, dinov2, "
                                       "clip_global, dinov2_global, sam_instance, human_poses or text"),
@@ -233,18 +253,18 @@ def tokenizer_train(
     quiet: bool = QUIET,
 ) -> None:
     """Train a tokenizer on a root's labels; periodic checkpoints, resumable; metrics in its card."""
+    from prism4m import api
     from prism4m.tokenizers import train_tokenizer
 
     card = train_tokenizer(root, modality, out, parse_key_values(settings), progress=not quiet,
                            storage_options=_json_opt(storage_options, "--storage-options"))
-    metrics = getattr(card, "metrics", {}) or {}
-    typer.echo(f"tokenizer: {out} ({card.type}, vocab {card.vocab_size}); held-out: "
-               f"{json.dumps(metrics.get('held_out', metrics), default=str)[:400]}")
+    for line in api.describe_tokenizer(card, out):
+        typer.echo(line)
 
 
 @app.command()
 def tokenize(
-    root: str = typer.Argument(..., help="dataset root"),
+    root: str = root_argument(),
     tokenizer: list[str] = typer.Option(..., "--tokenizer", "-t", help="tokenizer directory (repeatable)"),
     workers: Optional[int] = WORKERS,
     force: bool = typer.Option(False, help="re-tokenize committed shards"),
@@ -256,6 +276,7 @@ def tokenize(
     quiet: bool = QUIET,
 ) -> None:
     """Crop × label → int16 tokens in tok_<mod>@<res>/ shards; a new tokenizer re-tokenizes, no relabeling."""
+    from prism4m import api
     from prism4m.tokenizers import tokenize as _tokenize
 
     from prism4m.pipeline.store import shard_compression
@@ -263,12 +284,12 @@ def tokenize(
     try:
         shard_compression(compression)
     except ValueError as exc:
-        _fail(f"--compression: {exc}")
+        raise UserError(f"--compression: {exc}")
     summary = _tokenize(root, list(tokenizer), workers=workers, force=force, batch_size=batch_size,
                         compression=compression, ray_address=ray_address, show_progress=not quiet,
                         storage_options=_json_opt(storage_options, "--storage-options"))
-    typer.echo(f"tokenize: ran {summary.planned or 'nothing'}; up to date {summary.skipped or '-'}; "
-               f"stale re-tokenized {summary.stale or '-'} ({summary.wall_s:.1f}s)")
+    for line in api.describe_tokenize(summary):
+        typer.echo(line)
     if not summary.ok:
         _print_failures("tokenize", summary.failures)
         raise typer.Exit(1)
@@ -276,22 +297,22 @@ def tokenize(
 
 @app.command()
 def export(
-    root: str = typer.Argument(..., help="dataset root"),
+    root: str = root_argument(),
     fmt: str = typer.Option("parquet", "--format", help="export format (parquet)"),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="output directory (default ROOT/_export/parquet)"),
     storage_options: Optional[str] = STORAGE,
 ) -> None:
     """Write the aligned token dataset in another format (one Parquet row per sample)."""
     if fmt != "parquet":
-        _fail(f"--format {fmt!r}: only 'parquet' is supported")
+        raise UserError(f"--format {fmt!r}: only 'parquet' is supported")
     from prism4m.tokenizers import export_parquet
 
     result = export_parquet(root, out, storage_options=_json_opt(storage_options, "--storage-options"))
-    typer.echo(f"export: {json.dumps(result, default=str)[:600]}")
+    typer.echo(f"export: {result['rows']} rows in {len(result['parts'])} parts; columns: {', '.join(result['columns'])}")
 
 
 @tokens_app.command("versions")
-def tokens_versions(root: str = typer.Argument(...), storage_options: Optional[str] = STORAGE) -> None:
+def tokens_versions(root: str = root_argument(), storage_options: Optional[str] = STORAGE) -> None:
     """Token folders and their kept versions (card hash, shards)."""
     from prism4m.tokenizers import token_versions
 
@@ -299,7 +320,7 @@ def tokens_versions(root: str = typer.Argument(...), storage_options: Optional[s
 
 
 @tokens_app.command("select")
-def tokens_select(root: str = typer.Argument(...), folder: str = typer.Argument(..., help="e.g. tok_rgb@224"),
+def tokens_select(root: str = root_argument(), folder: str = typer.Argument(..., help="e.g. tok_rgb@224"),
                   card_hash: str = typer.Argument(..., help="card hash (or its first 8 characters)"),
                   storage_options: Optional[str] = STORAGE) -> None:
     """Make a kept token version the one in the default folder ml-4m reads."""
@@ -320,12 +341,22 @@ def train(config: str = typer.Argument(..., help="trainer YAML (or a job spec wi
 
 
 @app.command()
-def labelers() -> None:
-    """List the labelers this installation knows (built-ins and entry points)."""
-    from prism4m.labelers.registry import available_labelers
+def labelers(
+    config: Optional[str] = typer.Option(None, "--config", "-c", metavar="NAME",
+                                         help="show NAME's settings: key, type, default, description"),
+) -> None:
+    """List the labelers this installation knows (built-ins and entry points), or one's settings."""
+    from prism4m.labelers.registry import available_labelers, config_table
 
-    for name, target in sorted(available_labelers().items()):
-        typer.echo(f"{name:16s} {target}")
+    if config is None:
+        rows = sorted(available_labelers().items())
+    else:
+        rows = [("key", "type", "default", "description"), *config_table(config)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        typer.echo("  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip())
+    if config is not None:
+        typer.echo(f"set with: prism4m label ROOT -m {config} -c {config}.KEY=VALUE")
 
 
 @app.command()
@@ -333,10 +364,7 @@ def run(job: str = typer.Argument(..., help="job spec YAML (see jobs/)"), quiet:
     """Run every step of a job spec: ingest → label → …"""
     from prism4m import api
 
-    try:
-        ok = api.run_job(job, show_progress=not quiet)
-    except (api.PlanError, api.WorkerStartupError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    ok = api.run_job(job, show_progress=not quiet)
     if not ok:
         raise typer.Exit(1)
 

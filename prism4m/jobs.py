@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from prism4m.errors import UserError, describe_validation_error, describe_yaml_error
 
 
 class IngestStep(BaseModel):
@@ -56,7 +58,7 @@ class TokenizeStep(BaseModel):
 
 
 class JobSpec(BaseModel):
-    model_config = ConfigDict(extra="allow")  # later steps (tokenize, train) add sections
+    model_config = ConfigDict(extra="forbid")  # a misspelt step would otherwise be skipped silently
     root: str
     ray_address: str | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
@@ -64,6 +66,7 @@ class JobSpec(BaseModel):
     label: LabelStep | None = None
     tokenizers: list[TokenizerStep] = Field(default_factory=list)
     tokenize: TokenizeStep | None = None
+    train: dict[str, Any] | None = None  # the trainer's config (prism4m.trainer validates it)
     base_dir: str = "."  # the job file's folder (relative paths in later steps resolve against it)
 
 
@@ -72,10 +75,19 @@ def _local(base: Path, p: str) -> str:
 
 
 def load_job(path: str | Path) -> JobSpec:
+    """Read and validate a job file; a YAML or schema mistake is a UserError naming the file and key."""
     text = Path(path).read_text()
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(describe_yaml_error(exc, str(path))) from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a job spec is a YAML mapping (root: …, ingest: …, label: …)")
     base = Path(path).resolve().parent
-    spec = JobSpec.model_validate(data)
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"{path}: {describe_validation_error(exc, '')}") from None
     spec.base_dir = str(base)
     # Relative local paths in a job file are relative to the file, not to the shell's cwd.
     if "://" not in spec.root and not Path(spec.root).is_absolute():
@@ -91,6 +103,8 @@ def load_job(path: str | Path) -> JobSpec:
 
 def run_extra_steps(spec: JobSpec, show_progress: bool = True) -> bool:
     """Steps after labelling: tokenizer training, then tokenize."""
+    from prism4m.api import describe_tokenize, describe_tokenizer  # the lines the commands print
+
     ok = True
     if spec.tokenizers:
         from prism4m.tokenizers import train_tokenizer
@@ -98,10 +112,7 @@ def run_extra_steps(spec: JobSpec, show_progress: bool = True) -> bool:
         for step in spec.tokenizers:
             card = train_tokenizer(spec.root, step.modality, step.out, step.config, progress=show_progress,
                                    storage_options=spec.storage_options or None)
-            held = (card.metrics or {}).get("held_out", {})
-            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in held.items() if not isinstance(v, (dict, list)))
-            print(f"tokenizer {step.modality}: {step.out} (vocab {card.vocab_size}); held-out {shown or '-'}")
+            print("\n".join(describe_tokenizer(card, step.out)))
     if spec.tokenize:
         from prism4m.tokenizers import tokenize
 
@@ -109,13 +120,12 @@ def run_extra_steps(spec: JobSpec, show_progress: bool = True) -> bool:
         s = tokenize(spec.root, dirs, workers=spec.tokenize.workers, force=spec.tokenize.force,
                      ray_address=spec.ray_address, storage_options=spec.storage_options or None,
                      show_progress=show_progress, compression=spec.tokenize.compression)
-        print(f"tokenize: ran {s.planned or 'nothing'}; up to date {s.skipped or '-'}")
+        print("\n".join(describe_tokenize(s)))
         ok &= s.ok
-    train_section = (spec.model_extra or {}).get("train")
-    if train_section:
+    if spec.train:
         from prism4m.trainer.train import config_from_dict, required_baselines_met, train
 
-        cfg = config_from_dict(train_section, spec.base_dir, spec.root)
+        cfg = config_from_dict(spec.train, spec.base_dir, spec.root)
         summary = train(cfg)
         ok &= required_baselines_met(cfg, summary)
     return ok

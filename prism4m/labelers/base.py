@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prism4m import __version__
+from prism4m.errors import UserError, describe_validation_error
 
 
 class LabelerConfig(BaseModel):
@@ -71,8 +72,16 @@ class Labeler(ABC):
     def __init__(self, config: LabelerConfig | dict | None = None):
         if config is None:
             config = {}
-        self.config = config if isinstance(config, self.Config) else self.Config.model_validate(config)
+        self.config = config if isinstance(config, self.Config) else self.parse_config(config)
         self._setup_done = False
+
+    @classmethod
+    def parse_config(cls, config: dict) -> LabelerConfig:
+        """Validate a config dict; a typo or bad value is a UserError naming `labeler.key`."""
+        try:
+            return cls.Config.model_validate(config)
+        except ValidationError as exc:
+            raise UserError(describe_validation_error(exc, cls.name)) from None
 
     # ------------------------------------------------------------------ describe
     @property

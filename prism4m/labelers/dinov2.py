@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from prism4m.labelers.base import LabelInput, Resources
 from prism4m.labelers.encoding import encode_npy
@@ -26,8 +26,21 @@ from prism4m.labelers.hf import HFLabeler, HFLabelerConfig
 from prism4m.pipeline.crops import centre_square as crop_settings_centre
 
 
+PATCH = 14  # every facebook/dinov2-* checkpoint; setup() checks the loaded one's too
+
+
 class Dinov2Config(HFLabelerConfig):
-    input_size: int = Field(224, ge=14, description="side of the square fed to the model (multiple of the patch size)")
+    input_size: int = Field(224, ge=PATCH, description=f"side of the square fed to the model (a multiple of "
+                                                       f"the patch size, {PATCH})")
+
+    @field_validator("input_size")
+    @classmethod
+    def _whole_patches(cls, v: int) -> int:
+        # Refused before any actor starts: a partial patch would be silently cropped by the model.
+        if v % PATCH:
+            lo = max(PATCH, v // PATCH * PATCH)
+            raise ValueError(f"must be a multiple of DINOv2's patch size {PATCH}, e.g. {lo} or {lo + PATCH}")
+        return v
 
 
 def centre_square(image: np.ndarray, size: int) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
+from prism4m.errors import UserError
 from prism4m.labelers.base import Labeler
 
 ENTRY_POINT_GROUP = "prism4m.labelers"
@@ -28,6 +29,13 @@ BUILTIN_LABELERS: dict[str, str] = {
     "semseg_coco": "prism4m.labelers.semseg:SemsegCocoLabeler",
     "det": "prism4m.labelers.detection:DetectionLabeler",
 }
+
+
+class UnknownLabelerError(UserError, KeyError):
+    """A labeler name no installed package provides (a KeyError too, for lookups that expect one)."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the whole message
+        return str(self.args[0])
 
 
 def _entry_point_targets() -> dict[str, str]:
@@ -54,7 +62,7 @@ def _load(target: str) -> type[Labeler]:
 def get_labeler_class(name: str) -> type[Labeler]:
     table = available_labelers()
     if name not in table:
-        raise KeyError(f"unknown labeler {name!r}; available: {', '.join(sorted(table))} "
+        raise UnknownLabelerError(f"unknown labeler {name!r}; available: {', '.join(sorted(table))} "
                        f"(third-party labelers register under the entry-point group {ENTRY_POINT_GROUP!r})")
     cls = _load(table[name])
     if cls.name != name:
@@ -63,4 +71,25 @@ def get_labeler_class(name: str) -> type[Labeler]:
 
 
 def make_labeler(name: str, config: dict | None = None) -> Labeler:
+    """The labeler ``name`` with ``config`` validated (UserError naming a wrong key or value)."""
     return get_labeler_class(name)(config or {})
+
+
+def config_table(name: str) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, description) of each setting of labeler ``name``, from its pydantic
+    Config, the labeler's own settings before the ones every labeler has; defaults are shown
+    as `-c` takes them (YAML/JSON scalars)."""
+    import json
+
+    from prism4m.labelers.base import LabelerConfig
+
+    fields = get_labeler_class(name).Config.model_fields
+    common = LabelerConfig.model_fields
+    rows = []
+    for key, f in sorted(fields.items(), key=lambda kv: kv[0] in common):
+        ann = f.annotation
+        type_name = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
+        default = "required" if f.is_required() else f.get_default(call_default_factory=True)
+        shown = default if isinstance(default, str) else json.dumps(default, default=str)
+        rows.append((key, type_name, shown, f.description or ""))
+    return rows
