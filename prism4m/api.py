@@ -93,7 +93,7 @@ def _samples(reports) -> int:
 
 
 def describe_ingest(s: IngestSummary) -> list[str]:
-    written = [r for rep in s.reports for r in rep.results if "shard" in r]
+    written = [r for rep in s.reports for r in rep.results if "shard" in r and not r.get("refused")]  # REFUSED below
     done = sum(r.get("samples", 0) for r in written)
     bad = sum(r.get("errors", 0) for r in written)
     refused = sum(v for k, v in s.scan_errors.items() if k != "duplicate")
