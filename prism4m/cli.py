@@ -115,16 +115,18 @@ def _print_failures(kind: str, failures: list[dict]) -> None:
 def ingest(
     source: str = typer.Argument(..., help="folder, tar/WebDataset, Parquet or img2dataset output (local or s3://…)"),
     root: str = root_argument("dataset root to create or extend (local or s3://…)"),
-    shard_size: int = typer.Option(1000, help="samples per shard"),
-    short_side: int = typer.Option(512, help="resize so the short side is this many pixels"),
-    jpeg_quality: int = typer.Option(90, help="JPEG quality of rgb/"),
-    n_crops: int = typer.Option(5, help="crop_settings rows per sample"),
-    seed: int = typer.Option(0, help="seed of the crop draws"),
-    max_pixels: int = typer.Option(89_478_485, help="refuse larger images (decompression-bomb guard)"),
-    min_side: int = typer.Option(32, help="refuse images whose short side is smaller"),
-    no_dedup: bool = typer.Option(False, "--no-dedup", help="keep content duplicates as samples"),
+    # Settings default to None: a root remembers the settings it was made with, and only a
+    # setting the user actually typed may differ from them (ingest refuses a conflict).
+    shard_size: Optional[int] = typer.Option(None, help="samples per shard [new root: 1000]"),
+    short_side: Optional[int] = typer.Option(None, help="resize so the short side is this many pixels [new root: 512]"),
+    jpeg_quality: Optional[int] = typer.Option(None, help="JPEG quality of rgb/ [new root: 90]"),
+    n_crops: Optional[int] = typer.Option(None, help="crop_settings rows per sample [new root: 5]"),
+    seed: Optional[int] = typer.Option(None, help="seed of the crop draws [new root: 0]"),
+    max_pixels: Optional[int] = typer.Option(None, help="refuse larger images (decompression-bomb guard) [new root: 89478485]"),
+    min_side: Optional[int] = typer.Option(None, help="refuse images whose short side is smaller [new root: 32]"),
+    dedup: Optional[bool] = typer.Option(None, "--dedup/--no-dedup", help="drop content duplicates [new root: --dedup]"),
     workers: Optional[int] = WORKERS,
-    force: bool = typer.Option(False, help="recompute committed shards"),
+    force: bool = typer.Option(False, help="recompute committed shards (with new settings, if given)"),
     ray_address: Optional[str] = RAY_ADDRESS,
     storage_options: Optional[str] = STORAGE,
     source_options: Optional[str] = typer.Option(None, "--source-options", help="fsspec options of SRC as JSON"),
@@ -139,10 +141,10 @@ def ingest(
                          source_options=_json_opt(source_options, "--source-options"),
                          max_retries=max_retries, show_progress=not quiet, shard_size=shard_size, short_side=short_side,
                          jpeg_quality=jpeg_quality, n_crops=n_crops, seed=seed, max_pixels=max_pixels,
-                         min_side=min_side, dedup=not no_dedup)
+                         min_side=min_side, dedup=dedup)
     for line in api.describe_ingest(summary):
         typer.echo(line)
-    if summary.failures:
+    if not summary.ok:  # failed units, or committed shards refused a recompute (kept as they were)
         _print_failures("ingest", summary.failures)
         raise typer.Exit(1)
 
@@ -156,6 +158,11 @@ def label(
     workers: Optional[int] = WORKERS,
     force: bool = typer.Option(False, help="recompute every shard"),
     update_stale: bool = typer.Option(False, "--update-stale", help="recompute shards whose config or inputs changed"),
+    retry_invalid: bool = typer.Option(False, "--retry-invalid",
+                                       help="recompute only the invalid samples of committed shards (e.g. after a "
+                                            "transient GPU error); valid samples keep their bytes"),
+    overwrite_owned: bool = typer.Option(False, "--overwrite-owned",
+                                         help="replace shards another producer wrote (e.g. the corpus's own captions)"),
     ray_address: Optional[str] = RAY_ADDRESS,
     storage_options: Optional[str] = STORAGE,
     max_retries: int = RETRIES,
@@ -176,7 +183,8 @@ def label(
         configs.setdefault(name, {}).update(kv)
     mods = [m.strip() for m in modalities.split(",") if m.strip()]
     summary = api.label(root, mods, configs, workers=workers, force=force, update_stale=update_stale,
-                        ray_address=ray_address, show_progress=not quiet, max_retries=max_retries,
+                        retry_invalid=retry_invalid, overwrite_owned=overwrite_owned, ray_address=ray_address,
+                        show_progress=not quiet, max_retries=max_retries,
                         storage_options=_json_opt(storage_options, "--storage-options"))
     for line in api.describe_label(summary):
         typer.echo(line)

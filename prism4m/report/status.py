@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from prism4m.pipeline.store import DatasetStore, content_hash
+from prism4m.pipeline.producers import is_stale, recorded_producers
+from prism4m.pipeline.store import DatasetStore
+
 
 @dataclass
 class FolderStatus:
@@ -69,6 +71,7 @@ def dataset_status(root: str, storage_options: dict | None = None) -> DatasetSta
     store = DatasetStore(root, storage_options)
     ledgers = {f: store.ledger(f) for f in store.ledger_folders()}
     rgb = ledgers.get("rgb", {})
+    recorded = recorded_producers(store)
     first = ("rgb", "source", "crop_settings")
     folders = sorted(set(ledgers) | set(_failed_folders(store)),
                      key=lambda f: (first.index(f) if f in first else len(first), f))
@@ -80,10 +83,15 @@ def dataset_status(root: str, storage_options: dict | None = None) -> DatasetSta
         newest = max(recs.values(), key=lambda r: r.get("committed_at", ""), default=None)
         producer = newest["producer"] if newest else {}
         fs = FolderStatus(folder, _describe(producer), any(r.get("random_weights") for r in recs.values()))
+        # The producer the user last asked for (label/ingest record it) decides staleness, with
+        # the same rule `label` plans by; folders without one compare with their newest shard.
+        wanted = recorded.get(folder)
         for s, rec in recs.items():
-            changed_input = any(ledgers.get(f, {}).get(s) is not None and content_hash(ledgers[f][s]) != h
-                                for f, h in rec.get("inputs", {}).items())
-            if changed_input or (newest and rec["producer_hash"] != newest["producer_hash"]):
+            if wanted:
+                stale = is_stale(rec, wanted["producer_hash"], wanted["reads"], ledgers, s)
+            else:
+                stale = is_stale(rec, newest["producer_hash"], list(rec.get("inputs", {})), ledgers, s)
+            if stale:
                 fs.stale += 1
             else:
                 fs.committed += 1
