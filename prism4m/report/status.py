@@ -1,9 +1,9 @@
 """`prism4m status ROOT`: per folder, its producer and committed / stale / missing / failed shards.
 
-Computed from the ledger alone (no config needed):
-- stale: the shard's recorded input hash differs from the input's current content (an input
-  was recommitted since), or its producer differs from the folder's newest producer (a config
-  change applied to only part of the folder);
+Computed from the ledger and `_plan/producers.json` (no config needed):
+- stale: by the rule the label stage plans with (pipeline/producers.is_stale): the shard's
+  producer is not the one last asked for (for folders with no recorded producer: the folder's
+  newest), or the inputs it read are not the ones committed now;
 - missing: an rgb shard with no record and no failure; failed: a recorded final failure.
 """
 
