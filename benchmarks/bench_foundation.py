@@ -42,7 +42,7 @@ def bare_label_loop(root: str, out_dir: Path) -> float:
     from prism4m.labelers.base import LabelInput
     from prism4m.labelers.registry import make_labeler
     from prism4m.pipeline.label import decode_rgb
-    from prism4m.pipeline.store import DatasetStore, Member, build_tar
+    from prism4m.contract.store import DatasetStore, Member, build_tar
 
     import cv2
 

@@ -73,7 +73,7 @@ def child(source: str, root: str) -> dict:
     lab = label(root, MODALITIES, workers=1, show_progress=False)
     t2 = time.perf_counter()
     assert s.ok and lab.ok, (s.failures, lab.failures)
-    from prism4m.pipeline.store import DatasetStore
+    from prism4m.contract.store import DatasetStore
 
     # Worker-side seconds per unit (what the actors spent), to split driver/bookkeeping time
     # from the work itself: wall − Σ unit seconds is what the run spent elsewhere.

@@ -57,7 +57,7 @@ def make_tokenizer(out_dir: str) -> str:
 
 def bare_loop(root: str, tok_dir: str, out_dir: Path) -> dict:
     """The tokenize work with no Ray, no ledger, no atomic commit: read, crop, batch, encode, write."""
-    from prism4m.pipeline.store import DatasetStore, build_tar
+    from prism4m.contract.store import DatasetStore, build_tar
     from prism4m.tokenizers.pretokenize import CropBatchEncoder, token_member
     from prism4m.tokenizers.registry import load_tokenizer
     from prism4m.tokenizers.samples import iter_shard_inputs
@@ -88,7 +88,7 @@ def run(workdir: str) -> dict:
 
     from prism4m.pipeline.ingest import ingest
     from prism4m.pipeline.ray_env import ensure_ray, set_loopback_env
-    from prism4m.pipeline.store import DatasetStore
+    from prism4m.contract.store import DatasetStore
     from prism4m.tokenizers import tokenize
 
     set_loopback_env()
@@ -133,7 +133,7 @@ def run(workdir: str) -> dict:
     # from the whole vocabulary (no redundancy for gzip to find but the format's own).
     import numpy as np
 
-    from prism4m.pipeline.store import build_tar
+    from prism4m.contract.store import build_tar
     from prism4m.tokenizers.pretokenize import token_member
 
     plain_bytes, uniform_bytes, counts = 0, 0, np.zeros(8192, dtype=np.int64)

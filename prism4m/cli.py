@@ -287,7 +287,7 @@ def tokenize(
     from prism4m import api
     from prism4m.tokenizers import tokenize as _tokenize
 
-    from prism4m.pipeline.store import shard_compression
+    from prism4m.contract.store import shard_compression
 
     try:
         shard_compression(compression)

@@ -20,7 +20,7 @@ import textwrap
 import pytest
 
 from prism4m.labelers.testing import aligned_report, write_entry_point_plugin
-from prism4m.pipeline.store import DatasetStore
+from prism4m.contract.store import DatasetStore
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from prism4m.pipeline.store import DatasetStore, Member
+from prism4m.contract.store import DatasetStore, Member
 from prism4m.report.estimate import estimate, format_estimate
 
 # (folder, shard) → (n_samples, wall_s); depth asks for 0.2 GPU per actor, canny_edge for none

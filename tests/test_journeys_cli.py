@@ -28,7 +28,7 @@ import prism4m
 from hostile import write_hostile_corpus
 from prism4m.cli import app
 from prism4m.labelers.testing import write_entry_point_plugin
-from prism4m.pipeline.store import DatasetStore
+from prism4m.contract.store import DatasetStore
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from prism4m.labelers.testing import aligned_report
-from prism4m.pipeline.store import DatasetStore
+from prism4m.contract.store import DatasetStore
 
 REPO = Path(__file__).resolve().parents[1]
 PRISM4M = str(Path(sys.executable).with_name("prism4m"))

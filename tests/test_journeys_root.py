@@ -20,7 +20,7 @@ import pytest
 
 from prism4m.demo import write_photo_corpus
 from prism4m.labelers.testing import aligned_report
-from prism4m.pipeline.store import DatasetStore
+from prism4m.contract.store import DatasetStore
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 import model_fixtures_hf as fx
 from prism4m.cli import app
 from prism4m.errors import UserError
-from prism4m.pipeline.store import DatasetStore
+from prism4m.contract.store import DatasetStore
 from prism4m.tokenizers import train_tokenizer
 from prism4m.tokenizers.pretokenize import make_jobs
 from test_tokenize_sam_instance import label_record

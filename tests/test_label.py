@@ -14,7 +14,7 @@ from PIL import Image
 from prism4m.labelers.base import LabelInput, Labeler
 from prism4m.labelers.registry import available_labelers, get_labeler_class
 from prism4m.pipeline.label import PlanError, label, run_labeler
-from prism4m.pipeline.store import DatasetStore, producer_hash
+from prism4m.contract.store import DatasetStore, producer_hash
 
 CHEAP = ["canny_edge", "color_palette", "metadata"]
 

@@ -15,7 +15,7 @@ from skimage import data
 import model_fixtures_sam_clip as fx
 from prism4m.labelers.base import LabelInput, MissingWeightsError
 from prism4m.labelers.clip import ClipLabeler
-from prism4m.labelers.encoding import decode_npy
+from prism4m.contract.members import decode_npy
 from prism4m.labelers.registry import get_labeler_class
 from prism4m.labelers.torch_batching import images_to_batch
 from prism4m.labelers.weights import weights_digest

@@ -20,7 +20,7 @@ from prism4m.labelers.base import LabelInput, MissingWeightsError
 from prism4m.labelers.depth import DepthLabeler, encode_depth_png, quantise_depth, read_depth_normalisation
 from prism4m.labelers.detection import DetectionLabeler
 from prism4m.labelers.dinov2 import Dinov2Labeler
-from prism4m.labelers.encoding import decode_npy
+from prism4m.contract.members import decode_npy
 from prism4m.labelers.hf import load_hf_model
 from prism4m.labelers.normal import NormalLabeler
 from prism4m.labelers.registry import get_labeler_class
@@ -278,9 +278,9 @@ def test_det_drops_unnamed_gap_ids():
 
 # ----------------------------------------------------------------------------- through the label stage
 def test_label_stage_writes_aligned_provenanced_shards(fresh_photo_root, ckpts):
-    from prism4m.labelers.encoding import decode_npy
+    from prism4m.contract.members import decode_npy
     from prism4m.pipeline.label import label
-    from prism4m.pipeline.store import DatasetStore
+    from prism4m.contract.store import DatasetStore
 
     cpu = {"num_gpus": 0, "num_cpus": 0.5}
     configs = {

@@ -263,7 +263,7 @@ def test_caption_config_changes_producer(blip_dir):
 @pytest.mark.slow
 def test_label_stage_runs_metadata_after_poses_and_captions(fresh_photo_root, pose_dirs, blip_dir):
     from prism4m.pipeline.label import label
-    from prism4m.pipeline.store import DatasetStore
+    from prism4m.contract.store import DatasetStore
 
     cpu = {"num_gpus": 0, "num_cpus": 0.5}
     configs = {"human_poses": {**pose_dirs, "detector_threshold": 0.0, "max_persons": 2, **cpu},

@@ -17,7 +17,7 @@ from skimage import data
 
 import model_fixtures_sam_clip as fx
 from prism4m.labelers.base import LabelInput, MissingWeightsError
-from prism4m.labelers.encoding import decode_png, encode_json
+from prism4m.contract.members import decode_png, encode_json
 from prism4m.labelers.registry import get_labeler_class
 from prism4m.labelers.sam import SamEdgeLabeler, SamInstanceLabeler, infer_model_type
 from prism4m.labelers.weights import weights_digest
@@ -194,9 +194,9 @@ def test_sam_edge_refuses_instances_of_another_size(coffee_member):
 
 # ----------------------------------------------------------------------------- through the label stage
 def test_label_stage_sam_and_clip(fresh_photo_root, sam_dir, tmp_path):
-    from prism4m.labelers.encoding import decode_npy
+    from prism4m.contract.members import decode_npy
     from prism4m.pipeline.label import label
-    from prism4m.pipeline.store import DatasetStore
+    from prism4m.contract.store import DatasetStore
 
     clip_dir = fx.build_clip_tiny(tmp_path / "clip")
     cpu = {"num_gpus": 0, "num_cpus": 0.5}

@@ -19,7 +19,7 @@ from pycocotools import mask as mask_utils
 from prism4m.labelers.metadata import MetadataContext, MetadataLabeler
 from prism4m.labelers import metadata_fields as mf
 from prism4m.labelers.base import LabelInput
-from prism4m.labelers.encoding import encode_json, encode_png
+from prism4m.contract.members import encode_json, encode_png
 
 IMAGE = np.zeros((8, 8, 3), np.uint8)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from prism4m.pipeline.store import DatasetStore, Member
+from prism4m.contract.store import DatasetStore, Member
 
 INVALID_FOLDER = "det"
 SCAN_LINE = {"source": "corpus/broken.jpg", "reason": "decode_error", "message": "cannot identify image file"}

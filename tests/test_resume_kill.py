@@ -17,7 +17,7 @@ from PIL import Image
 
 from prism4m.pipeline.ingest import ingest
 from prism4m.pipeline.label import label
-from prism4m.pipeline.store import DatasetStore
+from prism4m.contract.store import DatasetStore
 from prism4m.report.status import dataset_status
 
 CHEAP = ["canny_edge", "color_palette", "metadata"]

@@ -37,7 +37,7 @@ def _walk(fs, base: str) -> dict[str, bytes]:
 
 
 def _members(tar_bytes: bytes) -> list[tuple[str, bytes]]:
-    from prism4m.pipeline.store import iter_tar_bytes
+    from prism4m.contract.store import iter_tar_bytes
 
     return [(f"{m.key}.{m.ext}", m.data) for m in iter_tar_bytes(tar_bytes)]
 
@@ -83,7 +83,7 @@ def test_ingest_label_on_faulty_s3_equals_local(s3_server, ray_session, photo_co
 
     from prism4m.pipeline.ingest import ingest
     from prism4m.pipeline.label import label
-    from prism4m.pipeline.store import DatasetStore
+    from prism4m.contract.store import DatasetStore
     from prism4m.labelers.testing import aligned_report
     from prism4m.tokenizers import tokenize, train_tokenizer
 
@@ -135,7 +135,7 @@ def test_cli_builds_and_reads_a_dataset_on_s3(s3_server, ray_session, photo_corp
 
     from prism4m.cli import app
     from prism4m.labelers.testing import aligned_report
-    from prism4m.pipeline.store import DatasetStore
+    from prism4m.contract.store import DatasetStore
     from prism4m.tokenizers import train_tokenizer
 
     s3_server.make_bucket("clibkt")

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 import prism4m
-from prism4m.pipeline.store import DatasetStore, UnsafeTarMember, iter_tar_bytes, split_member_name
+from prism4m.contract.store import DatasetStore, UnsafeTarMember, iter_tar_bytes, split_member_name
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -146,7 +146,7 @@ def test_pixel_limit_is_configurable_and_checked_before_decoding():
 def test_gzip_shard_bombs_are_refused_before_inflating(tmp_path):
     import gzip
 
-    from prism4m.pipeline.store import Member, build_tar, gunzip_bounded
+    from prism4m.contract.store import Member, build_tar, gunzip_bounded
     from prism4m.trainer.data import iter_tar_members
 
     # A gzip'd shard that inflates past the limit is refused, naming it.
@@ -167,7 +167,7 @@ def test_gzip_shard_bombs_are_refused_before_inflating(tmp_path):
 
 
 def test_npy_members_with_pickled_objects_are_refused():
-    from prism4m.labelers.encoding import decode_npy
+    from prism4m.contract.members import decode_npy
 
     buf = io.BytesIO()
     np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from prism4m.pipeline.store import DatasetStore
+from prism4m.contract.store import DatasetStore
 from prism4m.tokenizers import export_parquet, load_tokenizer, tokenize, train_tokenizer
 from prism4m.tokenizers.instances import MIN_AREA, crop_instances, decode_label, read_member
 from prism4m.tokenizers.metrics import mask_iou

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from prism4m.labelers.testing import aligned_report, faults_claimed, write_entry_point_plugin
-from prism4m.pipeline.store import DatasetStore, iter_tar_bytes as iter_tar
+from prism4m.contract.store import DatasetStore, iter_tar_bytes as iter_tar
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field
 
 from prism4m.labelers.base import LabelInput, Labeler, LabelerConfig, Resources
-from prism4m.labelers.encoding import encode_png
+from prism4m.contract.members import encode_png
 
 
 class CannyEdgeConfig(LabelerConfig):

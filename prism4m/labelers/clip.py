@@ -47,7 +47,7 @@ import numpy as np
 from pydantic import Field
 
 from prism4m.labelers.base import LabelInput, Labeler, Resources
-from prism4m.labelers.encoding import encode_npy
+from prism4m.contract.members import encode_npy
 from prism4m.labelers.torch_batching import images_to_batch
 from prism4m.labelers.weights import (
     WEIGHT_SUFFIXES,

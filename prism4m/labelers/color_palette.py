@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from prism4m.labelers.base import LabelInput, Labeler, LabelerConfig, Resources
-from prism4m.labelers.encoding import encode_json
+from prism4m.contract.members import encode_json
 
 
 class ColorPaletteConfig(LabelerConfig):

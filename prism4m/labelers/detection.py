@@ -13,7 +13,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from prism4m.labelers.base import LabelInput, Resources
-from prism4m.labelers.encoding import encode_json
+from prism4m.contract.members import encode_json
 from prism4m.labelers.hf import HFLabeler, HFLabelerConfig
 
 UNNAMED = {"N/A", ""}

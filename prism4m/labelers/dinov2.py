@@ -21,9 +21,9 @@ from PIL import Image
 from pydantic import Field, field_validator
 
 from prism4m.labelers.base import LabelInput, Resources
-from prism4m.labelers.encoding import encode_npy
+from prism4m.contract.members import encode_npy
 from prism4m.labelers.hf import HFLabeler, HFLabelerConfig
-from prism4m.pipeline.crops import centre_square as crop_settings_centre
+from prism4m.contract.crops import centre_square
 
 
 PATCH = 14  # every facebook/dinov2-* checkpoint; setup() checks the loaded one's too
@@ -43,9 +43,9 @@ class Dinov2Config(HFLabelerConfig):
         return v
 
 
-def centre_square(image: np.ndarray, size: int) -> np.ndarray:
+def resized_centre_square(image: np.ndarray, size: int) -> np.ndarray:
     """Centred square of side min(H, W) (crop_settings row 0), bicubic-resized to size×size."""
-    top, left, s, _ = crop_settings_centre(*image.shape[:2])
+    top, left, s, _ = centre_square(*image.shape[:2])
     crop = Image.fromarray(image[top:top + s, left:left + s])
     return np.asarray(crop.resize((size, size), Image.Resampling.BICUBIC))
 
@@ -66,7 +66,7 @@ class Dinov2Labeler(HFLabeler):
                              f"checkpoint's patch size {patch}")
 
     def predict(self, batch: list[LabelInput]) -> list[bytes]:
-        squares = [centre_square(s.image, self.config.input_size) for s in batch]
+        squares = [resized_centre_square(s.image, self.config.input_size) for s in batch]
         inputs = self.processor(images=squares, do_resize=False, do_center_crop=False, return_tensors="pt")
         tokens = self.model(**self.to_device(inputs)).last_hidden_state  # B × (1 + h*w) × C
         n_patches = (self.config.input_size // self.model.config.patch_size) ** 2

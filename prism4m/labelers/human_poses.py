@@ -40,7 +40,7 @@ import numpy as np
 from pydantic import Field
 
 from prism4m.labelers.base import LabelInput, Resources
-from prism4m.labelers.encoding import encode_json
+from prism4m.contract.members import encode_json
 from prism4m.labelers.hf import HFLabeler, HFLabelerConfig, HFModel, load_hf_model
 
 COCO_KEYPOINTS = 17

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from prism4m.labelers.base import LabelInput, Labeler, LabelerConfig, Resources
-from prism4m.labelers.encoding import decode_png, encode_json
+from prism4m.contract.members import decode_png, encode_json
 
 
 class MetadataConfig(LabelerConfig):

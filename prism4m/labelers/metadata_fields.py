@@ -53,7 +53,7 @@ import re
 
 import numpy as np
 
-from prism4m.labelers.encoding import decode_png
+from prism4m.contract.members import decode_png
 from prism4m.labelers.metadata import MetadataContext, MetadataField
 
 DET_MIN_SCORE = 0.6

@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import Field
 
 from prism4m.labelers.base import LabelInput, Labeler, LabelerConfig, MissingWeightsError, Resources
-from prism4m.labelers.encoding import encode_json, encode_png
+from prism4m.contract.members import encode_json, encode_png
 from prism4m.labelers.weights import DeepLabelerConfig, ResolvedCheckpoint, resolve_checkpoint
 
 LIBRARIES = ("segment-anything", "torch")

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from prism4m.labelers.base import LabelInput, Resources
-from prism4m.labelers.encoding import encode_png
+from prism4m.contract.members import encode_png
 from prism4m.labelers.hf import HFLabeler, HFLabelerConfig
 
 NO_CLASS = 255

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prism4m import __version__
-from prism4m.labelers.encoding import encode_json, encode_npy
-from prism4m.pipeline.crops import crop_settings
+from prism4m.contract.members import encode_json, encode_npy
+from prism4m.contract.crops import crop_settings
 from prism4m.pipeline.execute import run_units
 from prism4m.pipeline.images import BadImage, normalize_image
 from prism4m.pipeline.ingest_settings import IngestConfig, resolve_settings, save_settings
@@ -31,8 +31,8 @@ from prism4m.pipeline.ingest_plan import (key_hash, load_plan_shard, make_key, p
 from prism4m.pipeline.progress import Progress
 from prism4m.pipeline.sources import SourceFile, UnsafeSource, iter_items, list_source, source_files
 from prism4m.pipeline.summary import StageSummary
-from prism4m.pipeline.producers import record_producers
-from prism4m.pipeline.store import DatasetStore, Member, absolute_url, producer_hash, shard_name
+from prism4m.contract.producers import record_producers
+from prism4m.contract.store import DatasetStore, Member, absolute_url, producer_hash, shard_name
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -378,7 +378,7 @@ def ingest(source: str, root: str, config: IngestConfig | dict | None = None, *,
         summary.reports.append(report)
         summary.refused = [{"shard": r["shard"], "message": r["refused"]} for r in report.results if r.get("refused")]
         summary.captions_added = sum(1 for r in report.results if r.get("captions_only"))
-    from prism4m.pipeline.manifest import ensure_manifest
+    from prism4m.contract.manifest import ensure_manifest
 
     ensure_manifest(store, force=bool(units or had_new_files),
                     ingest={"sources": _sources_seen(store, source), "config": cfg.model_dump(mode="json")})

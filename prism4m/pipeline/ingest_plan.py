@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
-from prism4m.pipeline.store import DatasetStore
+from prism4m.contract.store import DatasetStore
 
 if TYPE_CHECKING:
     import numpy as np

@@ -16,7 +16,7 @@ import json
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prism4m.errors import UserError, describe_validation_error
-from prism4m.pipeline.store import DatasetStore
+from prism4m.contract.store import DatasetStore
 
 SETTINGS_PATH = "_plan/ingest_settings.json"
 

@@ -19,10 +19,10 @@ import numpy as np
 
 from prism4m.labelers.base import LabelInput, Labeler
 from prism4m.labelers.registry import make_labeler
-from prism4m.pipeline.producers import is_stale, owned_by_other, record_producers
+from prism4m.contract.producers import is_stale, owned_by_other, record_producers
 from prism4m.pipeline.progress import Progress
 from prism4m.pipeline.summary import StageSummary
-from prism4m.pipeline.store import DatasetStore, Member, content_hash, producer_hash
+from prism4m.contract.store import DatasetStore, Member, content_hash, producer_hash
 
 RGB = "rgb"
 
@@ -335,7 +335,7 @@ def label(root: str, modalities: list[str], configs: dict[str, dict] | None = No
                     num_gpus=num_gpus, max_retries=max_retries, on_failure=on_failure, describe=desc,
                     keys_of=lambda u: [m.key for m in store.iter_shard(RGB, u.shard)],
                     progress=Progress(desc, len(units), enabled=show_progress)))
-    from prism4m.pipeline.manifest import ensure_manifest
+    from prism4m.contract.manifest import ensure_manifest
 
     ensure_manifest(store, force=any(levels))  # a no-op rerun rewrites it only when it lags the ledger
     summary.wall_s = time.perf_counter() - t0

@@ -89,7 +89,7 @@ def _measurements(root: str | None, bench_file: Path | str | None = None,
     """labeler → (img_per_s per actor, source description, device, measured with random weights)."""
     out: dict[str, tuple[float, str, str, bool]] = {}
     if root is not None:
-        from prism4m.pipeline.store import DatasetStore
+        from prism4m.contract.store import DatasetStore
 
         store = DatasetStore(root, storage_options)
         ledgers = {f: store.ledger(f) for f in store.ledger_folders()}

@@ -31,7 +31,8 @@ from statistics import median
 import numpy as np
 from PIL import Image
 
-from prism4m.pipeline.store import DatasetStore, Member
+from prism4m.contract.members import decode_npy
+from prism4m.contract.store import DatasetStore, Member
 from prism4m.report.charts import bar_chart
 from prism4m.report.recon import load_tokenizers, reconstruct
 from prism4m.report.render import Panel, SampleContext, render_member
@@ -196,7 +197,7 @@ def _gallery(store, ledgers, folders, n, seed, tok_dirs, assets, reason_of, rand
             pass
         crop_m = (shards.members("crop_settings", shard) or {}).get(pos)
         if crop_m is not None and crop_m.data:
-            ctx.crops = np.load(io.BytesIO(crop_m.data), allow_pickle=False)
+            ctx.crops = decode_npy(crop_m.data)
         cards = []
         members: dict[str, Member] = {}
         for folder in folders:

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from prism4m.contract.members import decode_npy
 from prism4m.report.colors import COCO_SKELETON, class_color, class_palette, coco_panoptic_names, colormap
 
 
@@ -130,7 +131,7 @@ def render_semseg(data: bytes, ctx: SampleContext) -> Panel:
 
 # ----------------------------------------------------------------------------- overlays on rgb
 def render_crops(data: bytes, ctx: SampleContext) -> Panel:
-    rows = np.load(io.BytesIO(data), allow_pickle=False)
+    rows = decode_npy(data)
     img = _base(ctx)
     draw = ImageDraw.Draw(img)
     for i, (top, left, h, w, flip) in enumerate(rows.tolist()):
@@ -266,7 +267,7 @@ def feature_grid_hw(n: int) -> tuple[int, int]:
 
 def render_features(data: bytes, ctx: SampleContext) -> Panel:
     """(1 + h·w, C) features: the patch map's first 3 principal components as RGB."""
-    arr = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float64)
+    arr = decode_npy(data).astype(np.float64)
     glob, patches = arr[0], arr[1:]
     h, w = feature_grid_hw(len(patches))
     x = patches - patches.mean(0)
@@ -284,7 +285,7 @@ def render_features(data: bytes, ctx: SampleContext) -> Panel:
 
 
 def render_tokens(data: bytes, ctx: SampleContext) -> Panel:
-    ids = np.load(io.BytesIO(data), allow_pickle=False)
+    ids = decode_npy(data)
     row = ids[0] if ids.ndim == 2 else ids.reshape(-1)
     h, w = feature_grid_hw(len(row))
     img = None
@@ -317,7 +318,7 @@ def render_text_generic(data: bytes, ctx: SampleContext) -> Panel:
 
 
 def render_npy_generic(data: bytes, ctx: SampleContext) -> Panel:
-    arr = np.load(io.BytesIO(data), allow_pickle=False)
+    arr = decode_npy(data)
     img = None
     if arr.ndim == 2 and arr.dtype.kind in "fiu" and min(arr.shape) > 1:
         img = Image.fromarray(colormap(arr.astype(np.float64))).resize((256, 256), Image.NEAREST)

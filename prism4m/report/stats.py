@@ -21,7 +21,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from prism4m.pipeline.store import DatasetStore
+from prism4m.contract.members import decode_npy
+from prism4m.contract.store import DatasetStore
 
 
 @dataclass
@@ -118,13 +119,13 @@ def _metadata(d):
 
 
 def _crops(d):
-    rows = np.load(io.BytesIO(d), allow_pickle=False)
+    rows = decode_npy(d)
     base = rows[0, 2] * rows[0, 3]
     return "num", [float(h * w / base) for h, w in rows[1:, 2:4]], (0, 1), "random crop area / centre square area"
 
 
 def _features(d):
-    a = np.load(io.BytesIO(d), allow_pickle=False).astype(np.float64)
+    a = decode_npy(d).astype(np.float64)
     return "num", [float(np.linalg.norm(a[0]))], None, "‖global embedding‖"
 
 
@@ -203,7 +204,7 @@ def folder_stats(store: DatasetStore, folder: str, records: dict[int, dict], dat
             st.sampled += 1
             try:
                 if is_tok:
-                    tok_ids.append(np.load(io.BytesIO(m.data), allow_pickle=False).ravel())
+                    tok_ids.append(decode_npy(m.data).ravel())
                     continue
                 kind, vals, rng, title = fn(m.data)
                 values.extend(vals)

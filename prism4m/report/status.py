@@ -1,7 +1,7 @@
 """`prism4m status ROOT`: per folder, its producer and committed / stale / missing / failed shards.
 
 Computed from the ledger and `_plan/producers.json` (no config needed):
-- stale: by the rule the label stage plans with (pipeline/producers.is_stale): the shard's
+- stale: by the rule the label stage plans with (contract/producers.is_stale): the shard's
   producer is not the one last asked for (for folders with no recorded producer: the folder's
   newest), or the inputs it read are not the ones committed now;
 - missing: an rgb shard with no record and no failure; failed: a recorded final failure.
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from prism4m.pipeline.producers import is_stale, recorded_producers
-from prism4m.pipeline.store import DatasetStore
+from prism4m.contract.producers import is_stale, recorded_producers
+from prism4m.contract.store import DatasetStore
 
 
 @dataclass

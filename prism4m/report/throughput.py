@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prism4m.pipeline.store import DatasetStore
+from prism4m.contract.store import DatasetStore
 
 
 @dataclass

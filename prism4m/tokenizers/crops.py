@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from prism4m.pipeline.crops import centre_square as crop_settings_centre
+from prism4m.contract.crops import centre_square
 from prism4m.tokenizers.specs import ModalitySpec, feature_grid
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
@@ -37,11 +37,6 @@ def crop_raster(arr: np.ndarray, row, size: int, resample: str = "bicubic", flip
     if hflip and flip == "normal_x":
         crop[0] = 255 - crop[0]  # a mirrored surface's normal points the other way in x
     return crop
-
-
-def centre_square(image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(top, left, h, w) of crop_settings row 0: the region the feature labelers encode."""
-    return crop_settings_centre(*image_hw)
 
 
 def crop_feature_map(fmap: np.ndarray, row, region: tuple[int, int, int, int], grid: int) -> np.ndarray:
@@ -87,7 +82,7 @@ def crop_all(spec: ModalitySpec, value: np.ndarray, rows: np.ndarray, input_size
         return pose_vectors(value)
     if spec.kind in ("image", "classes"):
         return np.stack([crop_raster(value, r, input_size, spec.resample, spec.flip) for r in rows])
-    region = region or centre_square(image_hw)
+    region = region or centre_square(*image_hw)  # crop_settings row 0: what feature labelers encode
     glob, fmap = split_features(value, region[2:])
     if spec.kind == "global":
         return np.repeat(glob[None], len(rows), axis=0)

@@ -19,7 +19,6 @@ that came from random weights, and summarises each exported folder as the manife
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 
@@ -27,8 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prism4m.pipeline.manifest import summarize_folder
-from prism4m.pipeline.store import DatasetStore, content_hash, now_iso
+from prism4m.contract.members import decode_npy
+from prism4m.contract.manifest import summarize_folder
+from prism4m.contract.store import DatasetStore, content_hash, now_iso
 from prism4m.tokenizers.pretokenize import VERSION_SEP
 from prism4m.tokenizers.serializers import token_sequence_folders
 
@@ -64,7 +64,7 @@ def _nested_ints(arrays: list[np.ndarray | None], dtype: pa.DataType, np_dtype) 
 
 
 def _npy(data: bytes) -> np.ndarray | None:
-    return None if not data else np.load(io.BytesIO(data), allow_pickle=False)
+    return None if not data else decode_npy(data)
 
 
 def _text(data: bytes) -> str | None:

@@ -45,7 +45,7 @@ from prism4m import __version__
 from prism4m.errors import UserError
 from prism4m.pipeline.execute import RunReport, run_units
 from prism4m.pipeline.progress import Progress
-from prism4m.pipeline.store import (DatasetStore, Member, absolute_url, content_hash, producer_hash,
+from prism4m.contract.store import (DatasetStore, Member, absolute_url, content_hash, producer_hash,
                                     shard_compression)
 
 #: bump when the same tokenizer would write different tokens (crop/normalise code changes)
@@ -386,7 +386,7 @@ def tokenize(root: str, tokenizer_dirs: list[str] | str, *, workers: int | None 
             units, TokenizeWorker, (store, jobs, batch_size, int(max(1, num_cpus)), compression), workers=workers,
             num_cpus=num_cpus, max_retries=max_retries, on_failure=on_failure,
             progress=Progress("tokenize " + "+".join(j.folder for j in jobs), len(units), enabled=show_progress))
-    from prism4m.pipeline.manifest import update_manifest
+    from prism4m.contract.manifest import update_manifest
 
     update_manifest(store)
     summary.wall_s = time.perf_counter() - t0
@@ -430,7 +430,7 @@ def select_token_version(root: str, folder: str, card_hash: str, storage_options
             errors[back] = _read_errors(store, folder, index)
         store.commit_unit(index, outputs, records, errors)
         swapped += 1
-    from prism4m.pipeline.manifest import update_manifest
+    from prism4m.contract.manifest import update_manifest
 
     update_manifest(store)
     return swapped

@@ -14,7 +14,8 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from prism4m.pipeline.store import DatasetStore
+from prism4m.contract.members import decode_npy
+from prism4m.contract.store import DatasetStore
 from prism4m.tokenizers.specs import ModalitySpec, decode_value
 
 
@@ -51,7 +52,7 @@ def iter_shard_inputs(store: DatasetStore, spec: ModalitySpec, index: int,
     for r, c, m in zip(rgb, crops, labels):
         if not (r.key == c.key == m.key):
             raise ValueError(f"shard {index}: key divergence rgb={r.key} crop_settings={c.key} {spec.folder}={m.key}")
-        rows = np.load(io.BytesIO(c.data), allow_pickle=False).reshape(-1, 5).astype(np.int64)
+        rows = decode_npy(c.data).reshape(-1, 5).astype(np.int64)
         if m.is_invalid or r.is_invalid:
             yield SampleInput(m.key, None, rows, (0, 0), "invalid_label")
             continue

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from prism4m.contract.members import decode_npy
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def decode_value(spec: ModalitySpec, data: bytes) -> np.ndarray:
 
         return decode_poses(data)
     if spec.ext == "npy":
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
+        arr = decode_npy(data)
         if arr.ndim != 2:
             raise ValueError(f"{spec.folder}: expected a (1 + h*w, C) feature array, got shape {arr.shape}")
         return arr.astype(np.float32)

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from prism4m.errors import UserError, describe_validation_error
 from prism4m.pipeline.progress import Progress
-from prism4m.pipeline.store import DatasetStore, now_iso
+from prism4m.contract.store import DatasetStore, now_iso
 from prism4m.tokenizers.base import SIZES, NeuralTokenizer
 from prism4m.tokenizers.card import MAX_VOCAB, TokenizerCard, config_hash, read_card
 from prism4m.tokenizers.crops import crop_all

@@ -37,8 +37,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from prism4m.contract.members import decode_npy
 from prism4m.errors import UserError
-from prism4m.pipeline.store import GZIP_MAGIC
+from prism4m.contract.store import GZIP_MAGIC
 from prism4m.tokenizers.export import EXPORT_SUMMARY, EXT_METADATA_KEY
 
 from .masking import UnifiedMasker
@@ -239,7 +240,7 @@ _NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
 def load_npy(data: bytes) -> np.ndarray:
     """np.load for .npy bytes, with the header parse cached (it dominated decoding)."""
     if data[:6] != b"\x93NUMPY" or data[6] != 1:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return decode_npy(data)
     header_len = int.from_bytes(data[8:10], "little")
     header = data[10 : 10 + header_len]
     parsed = _NPY_HEADERS.get(header)

@@ -26,7 +26,7 @@ from typing import Any, Literal, Mapping
 import fsspec
 
 from prism4m.errors import UserError
-from prism4m.pipeline.store import MANIFEST
+from prism4m.contract.store import MANIFEST
 from prism4m.tokenizers.export import EXPORT_SUMMARY
 
 ModalityType = Literal["img", "seq", "global"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 
 from prism4m import __version__
-from prism4m.pipeline.store import FORMAT_VERSION, LEDGER_DIR, DatasetStore, now_iso
+from prism4m.contract.store import FORMAT_VERSION, LEDGER_DIR, DatasetStore, now_iso
 
 
 def summarize_folder(records: dict[int, dict]) -> dict:

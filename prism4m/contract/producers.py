@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from prism4m.pipeline.store import DatasetStore, content_hash, producer_hash
+from prism4m.contract.store import DatasetStore, content_hash, producer_hash
 
 PRODUCERS_PATH = "_plan/producers.json"
 
