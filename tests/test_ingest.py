@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from hostile import write_hostile_corpus
-from prism4m.contract.crops import crop_settings
+from prism4m.contract.crop_settings import crop_settings
 from prism4m.pipeline.ingest import ingest, make_key
 from prism4m.contract.store import KEY_PATTERN, DatasetStore
 from prism4m.report.status import dataset_status

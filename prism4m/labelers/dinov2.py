@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 from prism4m.labelers.base import LabelInput, Resources
 from prism4m.contract.members import encode_npy
 from prism4m.labelers.hf import HFLabeler, HFLabelerConfig
-from prism4m.contract.crops import centre_square
+from prism4m.contract.crop_settings import centre_square
 
 
 PATCH = 14  # every facebook/dinov2-* checkpoint; setup() checks the loaded one's too

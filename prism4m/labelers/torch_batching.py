@@ -28,7 +28,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from prism4m.contract.crops import centre_square
+from prism4m.contract.crop_settings import centre_square
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from prism4m import __version__
 from prism4m.contract.members import encode_json, encode_npy
-from prism4m.contract.crops import crop_settings
+from prism4m.contract.crop_settings import crop_settings
 from prism4m.pipeline.execute import run_units
 from prism4m.pipeline.images import BadImage, normalize_image
 from prism4m.pipeline.ingest_settings import IngestConfig, resolve_settings, save_settings

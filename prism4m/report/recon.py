@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from prism4m.contract.crops import centre_square
+from prism4m.contract.crop_settings import centre_square
 from prism4m.report.colors import class_palette, colormap
 from prism4m.report.render import Panel
 

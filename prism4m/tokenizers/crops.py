@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from prism4m.contract.crops import centre_square
+from prism4m.contract.crop_settings import centre_square
 from prism4m.tokenizers.specs import ModalitySpec, feature_grid
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
