@@ -1,7 +1,16 @@
-"""4M-21 metadata fields that follow from other modalities (appended to metadata.FIELDS).
+"""The 4M-21 metadata fields the metadata labeler computes, and how (ALL_FIELDS).
 
-ml-4m names these fields and bins them (4M_FORMAT.md §7) but does not publish how they were
-computed, so every definition below is ours. Each is a pure function of the committed
+Image statistics (on the ingested 8-bit RGB image):
+- original_width / original_height: size of the source image before resizing (source/ KEY.json).
+- colorfulness: Hasler & Süsstrunk (2003): sqrt(σ_rg²+σ_yb²) + 0.3·sqrt(μ_rg²+μ_yb²) with
+  rg = R−G and yb = (R+G)/2 − B; ≈0 for gray images, >100 for saturated ones (4M bins 0..150).
+- brightness: mean of the ITU-R BT.601 luma, 0..255.
+- contrast: standard deviation of that luma (RMS contrast), 0..~127.
+- saturation: mean of HSV saturation scaled to 0..255.
+- entropy: Shannon entropy in bits of the 256-bin luma histogram, 0..8.
+
+Fields that follow from other modalities: ml-4m names these fields and bins them
+(4M_FORMAT.md §7) but does not publish how they were computed, so every definition below is ours. Each is a pure function of the committed
 members named in its `inputs`; the metadata labeler computes a field only when all of them
 are committed for the shard, so a dataset without SAM simply has no `n_sam_instances`.
 Values stay inside 4M's bin ranges where the definition allows it.
@@ -49,12 +58,73 @@ Geometry (4M bins both over a range narrower than the definition's, see each):
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
 
+import cv2
 import numpy as np
 
 from prism4m.contract.members import decode_png
-from prism4m.labelers.metadata import MetadataContext, MetadataField
+from prism4m.labelers.base import LabelInput
+
+
+class MetadataContext:
+    """Lazily decoded inputs of one sample, shared by all field functions."""
+
+    def __init__(self, sample: LabelInput):
+        self.sample = sample
+        self._json: dict[str, object] = {}
+
+    @cached_property
+    def luma(self) -> np.ndarray:
+        return cv2.cvtColor(self.sample.image, cv2.COLOR_RGB2GRAY)
+
+    def json(self, folder: str):
+        if folder not in self._json:
+            self._json[folder] = json.loads(self.sample.inputs[folder])
+        return self._json[folder]
+
+    def png(self, folder: str) -> np.ndarray:
+        return decode_png(self.sample.inputs[folder])
+
+
+@dataclass(frozen=True)
+class MetadataField:
+    name: str
+    inputs: tuple[str, ...]
+    compute: Callable[[MetadataContext], float | int]
+
+
+def _colorfulness(ctx: MetadataContext) -> float:
+    rgb = ctx.sample.image.astype(np.float64)
+    rg = rgb[..., 0] - rgb[..., 1]
+    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def _saturation(ctx: MetadataContext) -> float:
+    hsv = cv2.cvtColor(ctx.sample.image, cv2.COLOR_RGB2HSV)
+    return float(hsv[..., 1].mean())
+
+
+def _entropy(ctx: MetadataContext) -> float:
+    hist = np.bincount(ctx.luma.ravel(), minlength=256).astype(np.float64)
+    p = hist[hist > 0] / hist.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+IMAGE_FIELDS: list[MetadataField] = [
+    MetadataField("original_width", ("source",), lambda c: int(c.json("source")["original_width"])),
+    MetadataField("original_height", ("source",), lambda c: int(c.json("source")["original_height"])),
+    MetadataField("colorfulness", (), _colorfulness),
+    MetadataField("brightness", (), lambda c: float(c.luma.mean())),
+    MetadataField("contrast", (), lambda c: float(c.luma.std())),
+    MetadataField("saturation", (), _saturation),
+    MetadataField("entropy", (), _entropy),
+]
 
 DET_MIN_SCORE = 0.6
 SEMANTIC_MIN_SHARE = 0.01
@@ -215,3 +285,6 @@ DERIVED_FIELDS: list[MetadataField] = [
     MetadataField("geometric_complexity", ("normal",), geometric_complexity),
     MetadataField("occlusion_score", ("sam_instance",), occlusion_score),
 ]
+
+#: every field the metadata labeler can compute, image statistics first
+ALL_FIELDS: list[MetadataField] = IMAGE_FIELDS + DERIVED_FIELDS
