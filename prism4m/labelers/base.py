@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prism4m import __version__
+from prism4m.contract.modalities import MODALITIES
 from prism4m.errors import UserError, describe_validation_error
 
 
@@ -56,7 +57,8 @@ class MissingWeightsError(RuntimeError):
 class Labeler(ABC):
     #: output folder, also the registry name
     name: ClassVar[str]
-    #: member extension in the output tar ("png", "json", "npy", "txt")
+    #: member extension in the output tar: the modality table's (contract.modalities) for a
+    #: folder it knows; a third-party labeler of another folder sets its own
     extension: ClassVar[str]
     #: folders that must be committed before this labeler runs (e.g. sam_edge ← sam_instance)
     requires: ClassVar[tuple[str, ...]] = ()
@@ -68,6 +70,15 @@ class Labeler(ABC):
     Config: ClassVar[type[LabelerConfig]] = LabelerConfig
     #: bump when the output of the same config changes (part of the producer hash)
     version: ClassVar[str] = "1"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        known = MODALITIES.get(getattr(cls, "name", ""))
+        if known is not None:
+            if "extension" in cls.__dict__ and cls.extension != known.ext:
+                raise TypeError(f"labeler {cls.name}: extension {cls.extension!r} is not the modality table's "
+                                f"{known.ext!r} (prism4m.contract.modalities)")
+            cls.extension = known.ext
 
     def __init__(self, config: LabelerConfig | dict | None = None):
         if config is None:

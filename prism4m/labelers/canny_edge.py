@@ -39,7 +39,6 @@ def canny_edges(image: np.ndarray, cfg: CannyEdgeConfig) -> np.ndarray:
 
 class CannyEdgeLabeler(Labeler):
     name = "canny_edge"
-    extension = "png"
     Config = CannyEdgeConfig
     default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=64)
 

@@ -36,7 +36,6 @@ class CaptionConfig(HFLabelerConfig):
 
 class CaptionLabeler(HFLabeler):
     name = "caption"
-    extension = "txt"
     Config = CaptionConfig
     model_class = "AutoModelForImageTextToText"
     processor_class = "AutoProcessor"

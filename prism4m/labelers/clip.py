@@ -145,7 +145,6 @@ def _weights_file(resolved: ResolvedCheckpoint) -> Path:
 
 class ClipLabeler(Labeler):
     name = "clip"
-    extension = "npy"
     Config = ClipConfig
     # ViT-B/16 at 224 is ~17 GFLOPs per image: a quarter GPU keeps up with decoding.
     default_resources = Resources(num_cpus=1, num_gpus=0.25, batch_size=64)

@@ -61,7 +61,6 @@ def color_palettes(image: np.ndarray, cfg: ColorPaletteConfig) -> dict[str, list
 
 class ColorPaletteLabeler(Labeler):
     name = "color_palette"
-    extension = "json"
     Config = ColorPaletteConfig
     default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=64)
 

@@ -81,7 +81,6 @@ def quantise_depth(pred: np.ndarray, flip: bool) -> tuple[np.ndarray, float, flo
 
 class DepthLabeler(HFLabeler):
     name = "depth"
-    extension = "png"
     Config = DepthConfig
     model_class = "AutoModelForDepthEstimation"
     example_checkpoint = "depth-anything/Depth-Anything-V2-Small-hf"

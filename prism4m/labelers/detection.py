@@ -26,7 +26,6 @@ class DetectionConfig(HFLabelerConfig):
 
 class DetectionLabeler(HFLabeler):
     name = "det"
-    extension = "json"
     Config = DetectionConfig
     model_class = "AutoModelForObjectDetection"
     example_checkpoint = "PekingU/rtdetr_r50vd_coco_o365"

@@ -52,7 +52,6 @@ def resized_centre_square(image: np.ndarray, size: int) -> np.ndarray:
 
 class Dinov2Labeler(HFLabeler):
     name = "dinov2"
-    extension = "npy"
     Config = Dinov2Config
     model_class = "Dinov2Model"
     example_checkpoint = "facebook/dinov2-base"

@@ -27,7 +27,6 @@ def metadata_inputs() -> tuple[str, ...]:
 
 class MetadataLabeler(Labeler):
     name = "metadata"
-    extension = "json"
     requires = ("source",)
     Config = MetadataConfig
     default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=64)

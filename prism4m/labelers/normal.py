@@ -102,7 +102,6 @@ def normals_from_depth(depth: np.ndarray, larger_is_farther: bool, blur_sigma: f
 
 class NormalLabeler(HFLabeler):
     name = "normal"
-    extension = "png"
     Config = NormalConfig
     model_class = "DPTForSurfaceNormals"  # prism4m's class, see model_class_ref
     example_checkpoint = "<a DPTForSurfaceNormals directory converted from Omnidata's DPT normal model>"

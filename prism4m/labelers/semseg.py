@@ -36,7 +36,6 @@ class SemsegCocoConfig(HFLabelerConfig):
 
 class SemsegCocoLabeler(HFLabeler):
     name = "semseg_coco"
-    extension = "png"
     Config = SemsegCocoConfig
     model_class = "Mask2FormerForUniversalSegmentation"
     example_checkpoint = "facebook/mask2former-swin-base-coco-panoptic"
