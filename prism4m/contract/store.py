@@ -113,25 +113,6 @@ class Member:
         return len(self.data) == 0
 
 
-class _HashingWriter(io.RawIOBase):
-    """File wrapper that hashes and counts what passes through it."""
-
-    def __init__(self, f):
-        self._f = f
-        self.sha = hashlib.sha256()
-        self.nbytes = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        b = bytes(b)
-        self._f.write(b)
-        self.sha.update(b)
-        self.nbytes += len(b)
-        return len(b)
-
-
 COMPRESSIONS = (None, "gzip")
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_SHARD_BYTES = 4 * 2**30  # a decompressed shard larger than this is refused (gzip bomb guard)
@@ -386,13 +367,6 @@ class DatasetStore:
             if self.fs.exists(failed):
                 self.fs.rm(failed)
         return written
-
-    def invalidate(self, folder: str, index: int) -> None:
-        """Forget a shard (ledger first, so it is never visible half-removed)."""
-        for path in (self.ledger_path(folder, index), self.shard_path(folder, index),
-                     self.errors_path(folder, index)):
-            if self.fs.exists(path):
-                self.fs.rm(path)
 
     def clean_tmp(self, older_than_s: float = TMP_GRACE_S) -> int:
         """Remove writers' orphans from _tmp/ (a killed writer leaves its staged files there).

@@ -8,8 +8,6 @@ into an invalid record, committing, provenance. Subclasses only describe and com
 
 from __future__ import annotations
 
-import hashlib
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -147,18 +145,6 @@ class Labeler(ABC):
     @abstractmethod
     def label_batch(self, batch: list[LabelInput]) -> list[bytes]:
         """One encoded member per input, in order. Raise to have the stage isolate failures."""
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 of a weights file (provenance); reads in chunks so GB checkpoints are fine."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def library_versions(*names: str) -> dict[str, Any]:
