@@ -23,14 +23,12 @@ from typing import TYPE_CHECKING
 from prism4m import __version__
 from prism4m.contract.members import encode_json, encode_npy
 from prism4m.contract.crop_settings import crop_settings
-from prism4m.pipeline.execute import run_units
 from prism4m.pipeline.images import BadImage, normalize_image
 from prism4m.pipeline.ingest_settings import IngestConfig, resolve_settings, save_settings
 from prism4m.pipeline.ingest_plan import (key_hash, load_plan_shard, make_key, plan_and_save, plan_counts,
                                            release_memory, scan_schema, unplanned_files)
-from prism4m.pipeline.progress import Progress
 from prism4m.pipeline.sources import SourceFile, UnsafeSource, iter_items, list_source, source_files
-from prism4m.pipeline.summary import StageSummary
+from prism4m.pipeline.stage import StageSummary, finish_stage, run_stage_units
 from prism4m.contract.producers import record_producers
 from prism4m.contract.store import DatasetStore, Member, absolute_url, producer_hash, shard_name
 
@@ -48,13 +46,16 @@ class IngestSummary(StageSummary):
     samples_planned: int = 0
     duplicates: int = 0
     scan_errors: dict[str, int] = field(default_factory=dict)
-    skipped_shards: int = 0
     captions_added: int = 0   # committed shards that got an aligned caption shard (no re-decode)
     refused: list[dict] = field(default_factory=list)  # {"shard", "message"}: committed shard kept
 
     @property
     def ok(self) -> bool:
         return not self.failures and not self.refused
+
+    @property
+    def skipped_shards(self) -> int:
+        return self.skipped.get("rgb", 0)
 
 
 # ---------------------------------------------------------------------- scan (Ray)
@@ -316,13 +317,13 @@ def ingest(source: str, root: str, config: IngestConfig | dict | None = None, *,
     Settings not given (None) are the root's own (ingest_settings.py); a given setting that
     differs from the root's is refused unless ``force`` re-ingests every shard with it.
     """
-    t0 = time.perf_counter()
     if isinstance(config, IngestConfig):
         config = config.model_dump(exclude_unset=True)
     store = DatasetStore(root, storage_options)
     source = absolute_url(source)
     cfg = resolve_settings(store, {**(config or {}), **overrides}, force=force)
     summary = IngestSummary()
+    on_ray = dict(ray_address=ray_address, workers=workers, max_retries=max_retries, show_progress=show_progress)
 
     listing, skipped = list_source(source, source_options)
     summary.files_listed = listing.num_rows + len(skipped)
@@ -331,20 +332,11 @@ def ingest(source: str, root: str, config: IngestConfig | dict | None = None, *,
     release_memory()
     scan_errors = [{"source": s.uri, "reason": s.reason, "message": s.message} for s in skipped]
 
-    def ray_up() -> int | None:
-        if not summary.ray_start_s:
-            from prism4m.pipeline.ray_env import ensure_ray
-
-            summary.ray_start_s = ensure_ray(ray_address) or 1e-9
-        return workers  # None: run_units sizes the pool from what the cluster fits
-
     had_new_files = new_files.num_rows > 0
     if had_new_files:
-        n_workers = ray_up()
         scan_units = _scan_units(new_files, cfg.scan_batch)
-        report = run_units(scan_units, ScanWorker, (source_options, cfg.max_bytes), workers=n_workers,
-                           max_retries=max_retries, progress=Progress("scan", len(scan_units), enabled=show_progress))
-        summary.reports.append(report)
+        report = run_stage_units(store, summary, scan_units, ScanWorker, (source_options, cfg.max_bytes),
+                                 desc="scan", writes=lambda u: (), **on_ray)
         del scan_units  # the report keeps those that failed
         scanned = _scanned_items(report, scan_errors)
         summary.new_items = scanned.num_rows
@@ -356,33 +348,22 @@ def ingest(source: str, root: str, config: IngestConfig | dict | None = None, *,
     record_producers(store, {f: (ingest_producer(cfg), []) for f in INGEST_FOLDERS})
     _append_scan_errors(store, scan_errors)
     for e in scan_errors:
-        summary.scan_errors[e["reason"]] = summary.scan_errors.get(e["reason"], 0) + 1
+        summary.count(summary.scan_errors, e["reason"])
     counts = plan_counts(store)
     summary.duplicates, summary.samples_planned = counts.duplicates, counts.samples
 
     units = _plan_units(store, cfg, counts.shards, counts.has_captions, force, summary)
     if units:
         folders = INGEST_FOLDERS + (("caption",) if counts.has_captions else ())
-        worker_args = (store, cfg.model_dump(mode="json"), source_options, counts.has_captions)
-
-        def on_failure(u: IngestUnit, reason: str, msg: str) -> None:
-            for f in (("caption",) if u.mode == "captions" else folders):
-                store.record_failure(f, u.shard, reason, msg)
-
-        from prism4m.pipeline.narrow import run_narrowing_deaths
-
-        report = run_narrowing_deaths(
-            units, IngestWorker, worker_args, keys_of=lambda u: [it["key"] for it in load_plan_shard(store, u.shard)],
-            workers=ray_up(), max_retries=max_retries, on_failure=on_failure,
-            progress=Progress("ingest", len(units), enabled=show_progress))
-        summary.reports.append(report)
+        report = run_stage_units(
+            store, summary, units, IngestWorker, (store, cfg.model_dump(mode="json"), source_options,
+                                                  counts.has_captions),
+            desc="ingest", writes=lambda u: ("caption",) if u.mode == "captions" else folders,
+            keys_of=lambda u: [it["key"] for it in load_plan_shard(store, u.shard)], **on_ray)
         summary.refused = [{"shard": r["shard"], "message": r["refused"]} for r in report.results if r.get("refused")]
         summary.captions_added = sum(1 for r in report.results if r.get("captions_only"))
-    from prism4m.contract.manifest import ensure_manifest
-
-    ensure_manifest(store, force=bool(units or had_new_files),
-                    ingest={"sources": _sources_seen(store, source), "config": cfg.model_dump(mode="json")})
-    summary.wall_s = time.perf_counter() - t0
+    finish_stage(store, summary, changed=bool(units or had_new_files),
+                 ingest={"sources": _sources_seen(store, source), "config": cfg.model_dump(mode="json")})
     return summary
 
 
@@ -400,7 +381,7 @@ def _plan_units(store: DatasetStore, cfg: IngestConfig, shards: list[int], has_c
     for s in shards:
         done = all(ledgers[f].get(s, {}).get("producer_hash") == current for f in INGEST_FOLDERS)
         if done and not force:
-            summary.skipped_shards += 1
+            summary.count(summary.skipped, "rgb")
             if has_captions and s not in ledgers["caption"]:
                 units.append(IngestUnit(s, mode="captions"))
             continue

@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from prism4m.contract.producers import is_stale, owned_by_other, record_producers
+from prism4m.contract.store import DatasetStore, Member, content_hash, producer_hash
 from prism4m.labelers.base import LabelInput, Labeler
 from prism4m.labelers.registry import make_labeler
-from prism4m.contract.producers import is_stale, owned_by_other, record_producers
-from prism4m.pipeline.progress import Progress
-from prism4m.pipeline.summary import StageSummary
-from prism4m.contract.store import DatasetStore, Member, content_hash, producer_hash
+from prism4m.pipeline.stage import StageSummary, finish_stage, run_stage_units
 
 RGB = "rgb"
 
@@ -43,9 +42,6 @@ class LabelUnit:
 
 @dataclass
 class LabelSummary(StageSummary):
-    planned: dict[str, int] = field(default_factory=dict)   # folder → units to run
-    skipped: dict[str, int] = field(default_factory=dict)   # folder → committed, up to date
-    stale_skipped: dict[str, int] = field(default_factory=dict)
     retried: dict[str, int] = field(default_factory=dict)   # folder → shards whose invalid samples rerun
     owned_skipped: dict[str, dict[str, int]] = field(default_factory=dict)  # folder → {other producer: shards}
 
@@ -290,53 +286,45 @@ def label(root: str, modalities: list[str], configs: dict[str, dict] | None = No
           ray_address: str | None = None, storage_options: dict | None = None,
           show_progress: bool = True, max_retries: int = 2) -> LabelSummary:
     """Label every committed rgb shard of ``root`` with ``modalities`` (output folder names)."""
-    t0 = time.perf_counter()
     configs = configs or {}
     store = DatasetStore(root, storage_options)
     unknown_cfg = set(configs) - set(modalities)
     if unknown_cfg:
         raise PlanError(f"config given for labelers not in this run: {', '.join(sorted(unknown_cfg))}")
     labelers = {name: make_labeler(name, configs.get(name)) for name in modalities}
-    if ray_address:  # say which cluster was joined before planning (the plan may take a while)
-        from prism4m.pipeline.ray_env import ensure_ray
+    from prism4m.pipeline.ray_env import ensure_ray
 
-        ensure_ray(ray_address)
+    joined = ensure_ray(ray_address) if ray_address else 0.0  # name the cluster before planning
     levels, summary = plan(store, labelers, force=force, update_stale=update_stale, retry_invalid=retry_invalid,
                            overwrite_owned=overwrite_owned)
     # What the user asked for is what `status` measures staleness against from now on.
     record_producers(store, {n: (lab.producer(), [RGB, *lab.requires, *lab.optional_inputs])
                              for n, lab in labelers.items() if n not in summary.owned_skipped or overwrite_owned})
-    if any(levels):
-        from prism4m.pipeline.narrow import run_narrowing_deaths
-        from prism4m.pipeline.ray_env import cluster_gpus, ensure_ray
-
-        summary.ray_start_s = ensure_ray(ray_address)
-        for level_units in levels:
-            groups: dict[str, list[LabelUnit]] = defaultdict(list)
-            for u in level_units:
-                groups[labelers[u.labelers[0]].config.group].append(u)
-            for units in groups.values():  # one actor group at a time
-                group = sorted({n for u in units for n in u.labelers})
-                res = [labelers[n].resources for n in group]
-                num_cpus = max(r.num_cpus for r in res)
-                # A GPU fraction on a cluster without GPUs would leave the actors pending forever:
-                # run on CPU there (the labeler's device falls back to cpu by itself).
-                # A group asking for more than a node has is refused by run_units, before any work.
-                num_gpus = sum(r.num_gpus for r in res) if cluster_gpus() > 0 else 0.0
-                specs = [(n, labelers[n].config.model_dump(mode="json")) for n in group]
-                desc = f"label {'+'.join(group)}"
-
-                def on_failure(unit: LabelUnit, reason: str, message: str) -> None:
-                    for n in unit.labelers:
-                        store.record_failure(n, unit.shard, reason, message)
-
-                summary.reports.append(run_narrowing_deaths(
-                    units, LabelWorker, (store, specs), workers=workers, num_cpus=num_cpus,
-                    num_gpus=num_gpus, max_retries=max_retries, on_failure=on_failure, describe=desc,
-                    keys_of=lambda u: [m.key for m in store.iter_shard(RGB, u.shard)],
-                    progress=Progress(desc, len(units), enabled=show_progress)))
-    from prism4m.contract.manifest import ensure_manifest
-
-    ensure_manifest(store, force=any(levels))  # a no-op rerun rewrites it only when it lags the ledger
-    summary.wall_s = time.perf_counter() - t0
+    if any(levels):  # a group's resources depend on the cluster it runs on
+        summary.ray_start_s = joined + ensure_ray(ray_address)
+    for level_units in levels:
+        groups: dict[str, list[LabelUnit]] = defaultdict(list)
+        for u in level_units:
+            groups[labelers[u.labelers[0]].config.group].append(u)
+        for units in groups.values():  # one actor group at a time
+            group = sorted({n for u in units for n in u.labelers})
+            specs = [(n, labelers[n].config.model_dump(mode="json")) for n in group]
+            run_stage_units(store, summary, units, LabelWorker, (store, specs), desc=f"label {'+'.join(group)}",
+                            writes=lambda u: u.labelers,
+                            keys_of=lambda u: [m.key for m in store.iter_shard(RGB, u.shard)],
+                            ray_address=ray_address, workers=workers, max_retries=max_retries,
+                            show_progress=show_progress, **_group_resources([labelers[n] for n in group]))
+    finish_stage(store, summary, changed=any(levels))  # a no-op rerun rewrites it only when it lags the ledger
     return summary
+
+
+def _group_resources(group: list[Labeler]) -> dict:
+    """What one actor of a group asks for: the most CPUs any member wants and their GPU
+    fractions summed (a group too large for every node is refused by run_units)."""
+    from prism4m.pipeline.ray_env import cluster_gpus
+
+    res = [lab.resources for lab in group]
+    # A GPU fraction on a cluster without GPUs would leave the actors pending forever: run on
+    # CPU there (the labeler's device falls back to cpu by itself).
+    return {"num_cpus": max(r.num_cpus for r in res),
+            "num_gpus": sum(r.num_gpus for r in res) if cluster_gpus() > 0 else 0.0}
