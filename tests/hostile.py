@@ -75,3 +75,89 @@ def write_hostile_corpus(d: Path) -> dict[str, str]:
     (d / "notes.md").write_text("# not an image\n")
     expected["notes.md"] = "unsupported"
     return expected
+
+
+# ---------------------------------------------------------------------- containers and special files
+def jpeg_bytes(seed: int, size=(120, 90)) -> bytes:
+    buf = io.BytesIO()
+    _photo(seed, size).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def tar_bytes(members: list[tuple]) -> bytes:
+    """A tar of ``(name, data)`` files, ``(name, "symlink"|"hardlink", target)`` links and
+    ``(name, "fifo")`` named-pipe entries, in that order (names are written as given)."""
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data, *target in members:
+            info = tarfile.TarInfo(name)
+            if data in ("symlink", "hardlink"):
+                info.type = tarfile.SYMTYPE if data == "symlink" else tarfile.LNKTYPE
+                info.linkname = target[0]
+                tar.addfile(info)
+            elif data == "fifo":
+                info.type = tarfile.FIFOTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def big_jpeg(width: int, height: int) -> bytes:
+    """A real, fully decodable gray JPEG of width×height (180 MP is ~2 MB and decodes in draft mode)."""
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buf, "JPEG", quality=50)
+    return buf.getvalue()
+
+
+def make_fifo(path: Path) -> Path:
+    """A named pipe: opening it for reading blocks until a writer comes (none will)."""
+    import os
+
+    os.mkfifo(path)
+    return path
+
+
+def make_socket(path: Path):
+    """A bound Unix socket file at ``path``; keep the returned socket open while it is needed."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    return sock
+
+
+def write_img2dataset_output(d: Path, n: int = 3) -> list[str]:
+    """An img2dataset output folder as it writes it: a webdataset shard `00000.tar` and a
+    files-format folder `00001/`, each with its metadata Parquet and `_stats.json`.
+    Returns the captions of the images it holds."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d.mkdir(parents=True, exist_ok=True)
+    captions, members = [], []
+    for i in range(n):
+        key = f"00000{i:04d}"
+        captions.append(f"webdataset caption {i}")
+        members += [(f"{key}.jpg", jpeg_bytes(100 + i)), (f"{key}.txt", captions[-1].encode()),
+                    (f"{key}.json", json.dumps({"url": f"http://x/{i}", "key": key, "status": "success"}).encode())]
+    (d / "00000.tar").write_bytes(tar_bytes(members))
+    (d / "00001").mkdir()
+    for i in range(n):
+        key = f"00001{i:04d}"
+        captions.append(f"files caption {i}")
+        (d / "00001" / f"{key}.jpg").write_bytes(jpeg_bytes(200 + i))
+        (d / "00001" / f"{key}.txt").write_text(captions[-1])
+        (d / "00001" / f"{key}.json").write_text(json.dumps({"url": f"http://y/{i}", "key": key}))
+    for shard in ("00000", "00001"):
+        meta = pa.table({"url": [f"http://{shard}/{i}" for i in range(n)], "key": [f"{shard}{i:04d}" for i in range(n)],
+                         "caption": [f"c{i}" for i in range(n)], "status": ["success"] * n,
+                         "error_message": [None] * n, "width": [120] * n, "height": [90] * n})
+        pq.write_table(meta, d / f"{shard}.parquet")
+        (d / f"{shard}_stats.json").write_text(json.dumps({"count": n, "successes": n, "failed_to_download": 0}))
+    return captions

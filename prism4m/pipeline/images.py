@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,10 +62,36 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
+@contextmanager
+def _pillow_pixel_limit(max_pixels: int):
+    """Pillow's own bomb guard (Image.MAX_IMAGE_PIXELS, a process global) set to ours.
+
+    Pillow refuses images above twice its limit when opening them (and GIF frames while
+    loading): left at its default it would refuse a larger configured ``max_pixels`` first.
+    Ours is checked on the header right after opening; Pillow's stays on as a backstop for
+    frames, at the same limit. Ingest decodes one image at a time per worker process.
+    """
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ours says it in one line
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
 def normalize_image(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int,
                     max_pixels: int, name: str = "") -> NormalizedImage:
     if not data:
         raise BadImage("empty", f"{name}: file is empty (0 bytes)")
+    with _pillow_pixel_limit(max_pixels):
+        return _normalize(data, short_side=short_side, jpeg_quality=jpeg_quality, min_side=min_side,
+                          max_pixels=max_pixels, name=name)
+
+
+def _normalize(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int, max_pixels: int,
+               name: str) -> NormalizedImage:
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -100,6 +127,8 @@ def normalize_image(data: bytes, *, short_side: int, jpeg_quality: int, min_side
         mode = img.mode
         img = ImageOps.exif_transpose(img) if orientation != 1 else img
         rgb = to_rgb(img)
+    except Image.DecompressionBombError as exc:  # a frame larger than the header said
+        raise BadImage("too_large", f"{name}: {exc}") from None
     except OSError as exc:
         msg = str(exc)
         reason = "truncated" if "truncated" in msg or "broken data stream" in msg or "unrecognized data stream" in msg else "undecodable"

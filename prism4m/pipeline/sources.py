@@ -5,20 +5,31 @@ A source is a local path or fsspec URL to one of:
 - tar / WebDataset shards (one sample per key; `.txt`/`.caption`/`.json` captions kept);
 - Parquet files with an image-bytes column (and optionally a caption/text column);
 - an img2dataset output folder (any of its three output formats; its metadata Parquet
-  and `*_stats.json` files are recognised and skipped, not reported as bad input).
+  (`00000.parquet` beside `00000.tar` or the folder `00000/`) and `*_stats.json` files are
+  recognised and skipped, not reported as bad input).
 Listing is cheap and runs on the driver; reading tar members and Parquet rows happens in
 the scan and ingest tasks.
+
+Only regular files are read (a named pipe would block the reader forever; sockets and
+devices are not corpus content): anything else is refused as `unsupported`. A tar is read
+member by member: an unsafe member (absolute or '..' path, link) is refused as `unsafe`, a
+repeated member name as `duplicate_member` (the first is kept), a sample without an image
+member as `unsupported`; the tar's other samples are still read.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
+import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 import fsspec
+
+from prism4m.errors import UserError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -30,8 +41,22 @@ CAPTION_COLUMNS = ("caption", "text", "txt", "alt", "alt_text")
 MAX_TAR_MEMBER_BYTES = 1 << 30  # a source tar member is read into memory whole
 
 
-class UnsafeSource(ValueError):
+class SourceError(ValueError):
+    """A source file that cannot be read as a whole; ``reason`` is its error line's code."""
+
+    reason = "undecodable"
+
+
+class UnsafeSource(SourceError):
     """A source container that tries to escape (absolute/'..' member paths, links)."""
+
+    reason = "unsafe"
+
+
+class UnsupportedSource(SourceError):
+    """A well-formed source file that holds no images (a Parquet without an image column)."""
+
+    reason = "unsupported"
 
 
 @dataclass(frozen=True)
@@ -50,6 +75,30 @@ class SkippedFile:
     rel: str
     reason: str
     message: str
+
+
+def _not_regular(info: dict, local: bool) -> str | None:
+    """What a listed entry is when it is not a regular file (None: a regular file).
+
+    fsspec's local listing types a symlink itself ("other"): follow it, as reading would."""
+    if info.get("type") == "file" and not info.get("islink"):
+        return None
+    if not local:
+        return None if info.get("type") == "file" else f"of type {info.get('type')!r}, not a file"
+    try:
+        mode = os.stat(info["name"]).st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link"
+    except OSError as exc:
+        return f"not readable ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a link to a directory (not followed)")):
+        if test(mode):
+            return what
+    return "not a regular file"
 
 
 def _ext(name: str) -> str:
@@ -78,19 +127,37 @@ def list_source(source: str, storage_options: dict | None = None) -> tuple[pa.Ta
     def url(p: str) -> str:
         return prefix + p if prefix and not p.startswith(prefix) else p
 
-    if not fs.exists(root):
-        raise FileNotFoundError(f"source {source!r} does not exist")
-    if fs.isfile(root):
-        folders, base = iter([[root]]), posixpath.dirname(root)
+    local = protocol in ("file", "local")
+    try:
+        info = fs.info(root)
+    except FileNotFoundError:
+        raise UserError(f"source {source}: no such file or directory") from None
+    if info.get("type") != "directory" and _not_regular(info, local):
+        raise UserError(f"source {source}: {_not_regular(info, local)}, not a folder or a file")
+    if info.get("type") != "directory":
+        folders, base = iter([([info], [])]), posixpath.dirname(root)
     else:
-        folders = ([info["name"] for info in files.values()] for _, _, files in fs.walk(root, detail=True))
+        folders = ((list(files.values()), [posixpath.join(d, name) for name in dirs])
+                   for d, dirs, files in fs.walk(root, detail=True))
         base = root
     img2dataset = False
     chunks: list[pa.Table] = []
     skipped: list[SkippedFile] = []
     json_files: list[pa.Array] = []  # img2dataset metadata, or unsupported: known once all is listed
-    for paths in folders:
+    for infos, subdirs in folders:
+        paths = []
+        for info in infos:
+            what = _not_regular(info, local)
+            if what is None:
+                paths.append(info["name"])
+            else:  # never opened: reading a named pipe blocks until someone writes to it
+                rel = posixpath.relpath(info["name"], base) if base else info["name"]
+                skipped.append(SkippedFile(url(info["name"]), rel, "unsupported",
+                                           f"{rel}: {what}; only regular files are read"))
         names = set(paths)
+        # img2dataset (files and webdataset formats) writes 00000.parquet beside 00000.tar or
+        # the folder 00000/: per-sample metadata (url, status, …), not images
+        siblings = set(subdirs) | {p[:-4] for p in paths if p.endswith(".tar")}
         rows: list[tuple] = []  # (uri, rel, kind, caption_uri)
         jsons = []
         for p in paths:
@@ -100,6 +167,8 @@ def list_source(source: str, storage_options: dict | None = None) -> tuple[pa.Ta
             if ext in IMAGE_EXTS:
                 cap = next((stem + "." + c for c in CAPTION_EXTS if stem + "." + c in names), None)
                 rows.append((url(p), rel, "image", url(cap) if cap else None))
+            elif ext == "parquet" and stem in siblings:
+                continue  # img2dataset metadata of the tar / folder of the same name
             elif ext in ("tar", "parquet"):
                 rows.append((url(p), rel, ext, None))
             elif ext in CAPTION_EXTS and any(stem + "." + e in names for e in IMAGE_EXTS):
@@ -149,6 +218,8 @@ class RawItem:
     member: str | None
     data: bytes
     caption: str | None = None
+    reason: str | None = None   # set: a refused item (reason code), never a sample; `message` says why
+    message: str | None = None
 
 
 def _caption_from_json(data: bytes) -> str | None:
@@ -167,7 +238,10 @@ def iter_items(f: SourceFile, storage_options: dict | None = None, want: set[str
     """Items of one source file. ``want`` restricts to these source ids (ingest re-reads).
 
     Problems of the container itself (unreadable tar, Parquet without an image column) raise
-    ValueError with the file named; problems of one item are left to the decoder.
+    SourceError (a ValueError) with the file named. A tar member refused on its own (unsafe
+    path or link, repeated name, sample without an image) comes as an item with ``reason``
+    set and no data, only when ``want`` is None (the scan). Bad image bytes are left to the
+    decoder.
     """
     so = storage_options or {}
     if f.kind == "image":
@@ -192,43 +266,62 @@ def _iter_tar(f: SourceFile, so: dict, want: set[str] | None) -> Iterator[RawIte
     import tarfile
 
     groups: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
+    names: dict[str, dict[str, str]] = {}  # sample key → extension → member name
+    refused: list[RawItem] = []
+
+    def refuse(name: str, reason: str, why: str) -> None:
+        if want is None:
+            refused.append(RawItem(f"{f.rel}#{name}", f.uri, name, b"", None, reason,
+                                   f"{f.uri}: tar member {name!r} {why}"))
+
     try:
         with fsspec.open(f.uri, "rb", **so) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
             for info in tar:
                 name = info.name
-                # A member that points outside the archive (absolute path, '..', a link) is
-                # never legitimate in a WebDataset shard: refuse the whole file, naming it.
+                # A member that points outside the archive (absolute path, '..', a link) is never
+                # legitimate in a WebDataset shard: it is refused, never extracted; the rest is read.
                 if name.startswith("/") or "\\" in name or ".." in name.split("/"):
-                    raise UnsafeSource(f"{f.uri}: refused: tar member {name!r} has an absolute or '..' path")
+                    refuse(name, "unsafe", "refused: absolute or '..' path")
+                    continue
                 if info.issym() or info.islnk():
-                    raise UnsafeSource(f"{f.uri}: refused: tar member {name!r} is a link")
-                if not info.isfile():
-                    continue  # directories
+                    refuse(name, "unsafe", f"refused: a link (to {info.linkname!r})")
+                    continue
+                if info.isdir():
+                    continue
+                if not info.isfile():  # fifo, device: no bytes to read
+                    refuse(name, "unsupported", "is not a regular file (a pipe or device entry)")
+                    continue
                 if info.size > MAX_TAR_MEMBER_BYTES:  # read whole into memory: bound it (gzip bombs)
-                    raise UnsafeSource(f"{f.uri}: refused: tar member {name!r} declares {info.size:,} bytes "
-                                       f"(limit {MAX_TAR_MEMBER_BYTES:,})")
+                    refuse(name, "too_large", f"declares {info.size:,} bytes (limit {MAX_TAR_MEMBER_BYTES:,})")
+                    continue
                 d, base = posixpath.split(name)
                 if base.startswith("."):
                     continue
+                # WebDataset: the key is the name up to the first dot of its base name
                 key, _, ext = base.partition(".")
-                gkey = posixpath.join(d, key)
-                if gkey not in groups:
-                    groups[gkey] = {}
-                    order.append(gkey)
-                groups[gkey][ext.lower()] = tar.extractfile(info).read()
-    except UnsafeSource:
-        raise
+                gkey, ext = posixpath.join(d, key), ext.lower()
+                fields = names.setdefault(gkey, {})
+                if ext in fields:
+                    refuse(name, "duplicate_member",
+                           f"repeats {fields[ext]!r} (sample {gkey!r}, extension {ext!r}); the first is kept")
+                    continue
+                fields[ext] = name
+                groups.setdefault(gkey, {})[ext] = tar.extractfile(info).read()
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise ValueError(f"{f.uri}: unreadable tar ({type(exc).__name__}: {exc})") from None
-    for gkey in order:
-        members = groups[gkey]
+        raise SourceError(f"{f.uri}: unreadable tar ({type(exc).__name__}: {exc})") from None
+    yield from refused
+    for gkey, members in groups.items():  # insertion order: the tar's order
         img_ext = next((e for e in members if e in IMAGE_EXTS), None)
         sid = f"{f.rel}#{gkey}"
         if want is not None and sid not in want:
             continue
         if img_ext is None:
-            yield RawItem(sid, f.uri, gkey, b"", None)  # decoder reports "unsupported"
+            if want is None:
+                listed = ", ".join(repr(n) for n in names[gkey].values())
+                exts = ", ".join(repr(e) for e in members)
+                yield RawItem(sid, f.uri, next(iter(names[gkey].values())), b"", None, "unsupported",
+                              f"{f.uri}: sample {gkey!r} ({listed}) has no image member: its extensions are "
+                              f"{exts} (a WebDataset key ends at the first dot of the name)")
             continue
         caption = None
         for c in CAPTION_EXTS:
@@ -237,7 +330,7 @@ def _iter_tar(f: SourceFile, so: dict, want: set[str] | None) -> Iterator[RawIte
                 break
         if caption is None and "json" in members:
             caption = _caption_from_json(members["json"])
-        yield RawItem(sid, f.uri, f"{gkey}.{img_ext}", members[img_ext], caption)
+        yield RawItem(sid, f.uri, names[gkey][img_ext], members[img_ext], caption)
 
 
 def parquet_columns(schema) -> tuple[str | None, str | None, bool]:
@@ -268,10 +361,10 @@ def _iter_parquet(f: SourceFile, so: dict, want: set[str] | None) -> Iterator[Ra
         with fsspec.open(f.uri, "rb", **so) as fh:
             pf = pq.ParquetFile(io.BytesIO(fh.read()))
     except Exception as exc:  # noqa: BLE001 - any parse failure means "not a readable Parquet"
-        raise ValueError(f"{f.uri}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
+        raise SourceError(f"{f.uri}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
     img_col, cap_col, is_struct = parquet_columns(pf.schema_arrow)
     if img_col is None:
-        raise ValueError(f"{f.uri}: no image-bytes column (looked for {', '.join(IMAGE_COLUMNS)})")
+        raise UnsupportedSource(f"{f.uri}: no image-bytes column (looked for {', '.join(IMAGE_COLUMNS)})")
     row = 0
     cols = [img_col] + ([cap_col] if cap_col else [])
     for batch in pf.iter_batches(columns=cols, batch_size=256):
