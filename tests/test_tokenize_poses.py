@@ -20,7 +20,7 @@ from prism4m.tokenizers.poses import pose_vectors
 from prism4m.tokenizers.samples import iter_shard_inputs
 from prism4m.tokenizers.serializers import serialize_human_poses
 from prism4m.tokenizers.train import collect_texts
-from tokenize_fixtures import commit_labels, labelled_copy, rgb_sizes, tokenized_copy
+from tokenize_fixtures import assert_nearest_codes, commit_labels, labelled_copy, rgb_sizes, tokenized_copy
 
 FOLDER = "human_poses@tok"
 TRAIN = {"steps": 300, "batch_size": 32, "codebook_size": 64, "lr": 2e-3, "warmup_steps": 10}
@@ -124,9 +124,10 @@ def test_members_keep_the_labels_and_add_tokens_per_person(tokenized_root, pose_
             for p, q in zip(doc["persons"], lab["persons"]):
                 assert {k: v for k, v in p.items() if k != "pose_tokenized"} == q
                 assert len(p["pose_tokenized"]) == 8 and all(0 <= t < 64 for t in p["pose_tokenized"])
-            # the stage's ids are the tokenizer's on the same persons
-            ids = tok.encode(tok.prepare(lab, np.zeros((1, 5)), sizes[m.key]))
-            assert ids.tolist() == [p["pose_tokenized"] for p in doc["persons"]]
+            # the stage's ids are the tokenizer's on the same persons (up to near-tied codes: the
+            # stage batches other samples' persons with these)
+            stage_ids = [p["pose_tokenized"] for p in doc["persons"]]
+            assert_nearest_codes(tok, tok.prepare(lab, np.zeros((1, 5)), sizes[m.key]), stage_ids)
 
 
 def test_the_same_pose_gets_the_same_tokens_wherever_and_however_large(pose_tokenizer):

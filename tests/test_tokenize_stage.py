@@ -17,6 +17,7 @@ from prism4m.pipeline.store import DatasetStore, Member
 from prism4m.tokenizers import export_parquet, load_tokenizer, select_token_version, token_versions, tokenize, train_tokenizer
 from prism4m.tokenizers.pretokenize import make_jobs, plan_tokenize
 from prism4m.tokenizers.samples import iter_shard_inputs
+from tokenize_fixtures import assert_nearest_codes
 
 SIZE = 32  # 2x2 tokens: the stage is what is under test, not the model
 TINY = {"input_size": SIZE, "steps": 2, "batch_size": 4, "codebook_size": 64, "max_train_crops": 64,
@@ -95,8 +96,8 @@ def test_tokens_are_aligned_int16_and_match_in_process_encoding(tokenized_root, 
             arr = np.load(io.BytesIO(m.data), allow_pickle=False)
             assert arr.dtype == np.int16 and arr.shape == (len(s.rows), 4)
             assert arr.min() >= 0 and arr.max() < tok.card.vocab_size
-            # the same crops encoded here give the same tokens
-            assert np.array_equal(arr, tok.encode(tok.prepare(s.value, s.rows, s.image_hw, s.region)))
+            # the same crops encoded here give the same tokens (up to near-tied codes: other batch)
+            assert_nearest_codes(tok, tok.prepare(s.value, s.rows, s.image_hw, s.region), arr)
 
 
 def test_rerun_skips_and_forced_run_gives_identical_shards(tokenized_root, tokenizers, tmp_path):

@@ -42,3 +42,29 @@ def tokenized_copy(src: str, dst: str, tokenizer: str, folder: str) -> str:
     assert summary.ok, summary.failures
     assert summary.planned == {folder: 2}
     return dst
+
+
+# The tokenize stage encodes many samples' crops per batch (in a Ray worker); a test encodes one
+# sample's. Batched float maths is not bit-identical across batch sizes or CPUs, so a code whose
+# cosine similarity ties another's to ~1e-6 may come out either way: compare as "a nearest code".
+CODE_TIE = 1e-4  # cosine similarity; float32 noise of these tiny encoders is ~1e-6
+
+
+def assert_nearest_codes(tok, inputs, ids) -> None:
+    """``ids`` (n, n_tokens) are nearest codebook entries of ``inputs``' latents, up to CODE_TIE;
+    wherever the nearest code leads by more than CODE_TIE they equal the in-process encoding."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    with torch.inference_mode():
+        codebook = tok.model.codebook
+        latent = tok.model.encode_latent(tok._tensor(inputs))
+        sims = (F.normalize(latent.reshape(-1, codebook.dim), dim=-1) @ codebook.embed.t()).cpu().numpy()
+    ids = np.asarray(ids).reshape(-1)
+    assert sims.shape[0] == ids.size, (sims.shape, ids.shape)
+    best = sims.max(axis=1)
+    got = sims[np.arange(ids.size), ids]
+    assert (got >= best - CODE_TIE).all(), float((best - got).max())
+    clear = np.sort(sims, axis=1)[:, -2] < best - CODE_TIE
+    assert (ids[clear] == sims.argmax(axis=1)[clear]).all()
