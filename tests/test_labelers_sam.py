@@ -89,7 +89,9 @@ def test_batch_of_different_sizes_is_deterministic(lab, coffee_member):
     img, member = coffee_member
     other = small(data.astronaut(), 96)
     out = lab.label_batch([LabelInput("a", other), LabelInput("b", img)])
-    assert out[1] == member  # same bytes as alone, whatever else is in the batch
+    # same bytes as alone, whatever else is in the batch: SAM's generator runs one image at a
+    # time (label_batch loops), so per-sample bit-identity is a promise here, not batched maths
+    assert out[1] == member
     assert (json.loads(out[0])["height"], json.loads(out[0])["width"]) == other.shape[:2]
 
 
