@@ -95,6 +95,13 @@ def test_missing_source_is_one_line_naming_it(tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
+@pytest.mark.timeout(60, method="thread")
+def test_source_that_is_a_named_pipe_is_refused_before_reading(tmp_path):
+    pipe = make_fifo(tmp_path / "corpus.tar")
+    result = runner.invoke(app, ["ingest", str(pipe), str(tmp_path / "ds"), "-q"])
+    assert result.exit_code == 2 and f"error: source {pipe}: a named pipe" in result.output
+
+
 # ---------------------------------------------------------------------- a tar with bad members
 GOOD_A, GOOD_B, SECOND_B = jpeg_bytes(10), jpeg_bytes(11), jpeg_bytes(12)
 TAR_MEMBERS = [
@@ -153,6 +160,19 @@ def test_member_without_an_image_extension_gets_the_right_reason(tar_root):
     assert "'.name.jpg'" in weird[0]["message"] and "first dot" in weird[0]["message"]
     assert "empty" not in weird[0]["message"]
     assert not any("weird" in e.get("source", "") for e in decode_errors(root))
+
+
+def test_oversized_tar_member_is_refused_alone(tmp_path, monkeypatch):
+    from prism4m.pipeline import sources
+
+    monkeypatch.setattr(sources, "MAX_TAR_MEMBER_BYTES", 50_000)  # a member is read whole: bounded
+    big, small = jpeg_bytes(20, (800, 600)), jpeg_bytes(21)
+    assert len(big) > 50_000 > len(small)
+    path = tmp_path / "s.tar"
+    path.write_bytes(tar_bytes([("big.jpg", big), ("small.jpg", small)]))
+    items = list(sources.iter_items(sources.SourceFile(str(path), "s.tar", "tar")))
+    assert [(i.member, i.reason) for i in items] == [("big.jpg", "too_large"), ("small.jpg", None)]
+    assert "'big.jpg'" in items[0].message and "50,000" in items[0].message and items[1].data == small
 
 
 def test_every_tar_member_is_a_sample_or_an_error_line(tar_root):
