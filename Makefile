@@ -9,12 +9,14 @@ DEMO_DIR ?= demo-out
 .PHONY: setup demo test bench browser clean-demo
 
 # Exact pins from requirements-lock.txt (torch 2.14.1 / torchvision 0.29.1 come from the local
-# wheel cache here), then the package itself without letting pip re-resolve anything.
+# wheel cache here), then the package itself without letting pip re-resolve anything, then
+# human_poses' real weights: two .tflite files out of mediapipe's wheel (sha256 pinned; no-op once there).
 $(STAMP): requirements-lock.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-lock.txt 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install -q --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import prism4m, torch, torchvision, ray, webdataset, segment_anything, open_clip, transformers"
+	$(PY) -c "import prism4m, torch, torchvision, ray, webdataset, segment_anything, open_clip, transformers, ai_edge_litert"
+	$(PY) -m prism4m.labelers.fetch_pose_models
 	@touch $(STAMP)
 
 setup: $(STAMP)

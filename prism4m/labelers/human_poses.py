@@ -1,7 +1,9 @@
-"""Human poses (`human_poses`): a person detector, then VitPose on every person box.
+"""Human poses (`human_poses`): a person detector, then a pose model on every person.
 
-Two transformers models, both loaded through prism4m.labelers.hf (same resolution, offline
-and random-weights rules as every deep labeler):
+Two backends write the same record (below), chosen by `backend`:
+
+`backend: vitpose` (default): two transformers models, both loaded through
+prism4m.labelers.hf (same resolution, offline and random-weights rules as every deep labeler):
 - `detector_checkpoint`: any AutoModelForObjectDetection with a "person" class (RT-DETR,
   e.g. PekingU/rtdetr_r50vd_coco_o365; DETR works the same way). Boxes scoring above
   `detector_threshold` whose class name is `person_label` are kept, the `max_persons`
@@ -11,18 +13,33 @@ and random-weights rules as every deep labeler):
   own rule) and maps the heatmap maxima back to image pixels. ViTPose++ (mixture of
   experts) checkpoints run with dataset index 0, the COCO expert.
 
+`backend: mediapipe`: BlazePose with real weights (prism4m.labelers.pose_mediapipe), the
+person detector and the "full" landmark model of mediapipe 0.10.21, run on CPU through
+ai-edge-litert. `make setup` installs the two files from the package index
+(`python -m prism4m.labelers.fetch_pose_models`); `checkpoint` may name another folder holding
+them. Reads `detector_threshold`, `max_persons` and `presence_threshold`.
+
 Output (KEY.json), in pixels of the rgb/ image, persons sorted by detector score:
 
     {"persons": [{"bbox_xyxy": [x0, y0, x1, y1], "score": s,
                   "keypoints": [[x, y, score] × 17]}]}
 
-Keypoints are in COCO order (nose, left_eye, right_eye, left_ear, right_ear, left_shoulder,
-right_shoulder, left_elbow, right_elbow, left_wrist, right_wrist, left_hip, right_hip,
-left_knee, right_knee, left_ankle, right_ankle); their score is the heatmap peak (≈0..1
-for trained weights). Boxes are clipped to [0, W]×[0, H] and keypoints to the pixel
-centres [0, W−1]×[0, H−1]: the pose crop is padded beyond the image, where the model sees
-nothing. Coordinates are rounded to 0.01 px and scores to 1e-4 (smaller, stable JSON).
-An image without a person gives `{}`, which is also 4M's "no human" record.
+Keypoints are in COCO order (COCO_KEYPOINT_NAMES; left/right are the person's). Their score is
+≈0..1: VitPose's heatmap peak, or BlazePose's visibility (in frame and not occluded). Boxes are
+clipped to [0, W]×[0, H] and keypoints to the pixel centres [0, W−1]×[0, H−1]: the pose crop
+is padded beyond the image, where the model sees nothing. Coordinates are rounded to 0.01 px
+and scores to 1e-4 (smaller, stable JSON). An image without a person gives `{}`, which is
+also 4M's "no human" record.
+
+With mediapipe, the box is the extent of BlazePose's person mask and visible landmarks
+(clipped; landmarks alone stop at the eyebrows), the keypoints are the
+BlazePose landmarks of the same name (pose_mediapipe.BLAZEPOSE_TO_COCO), and each person also
+keeps BlazePose's own outputs:
+
+    "pose_score": p,                        # pose-presence probability (≥ presence_threshold)
+    "landmarks": [[x, y, z, visibility, presence] × 33],   # image pixels, not clipped;
+                                            # z: depth scaled like x, < 0 nearer than the hips
+    "world_landmarks": [[x, y, z] × 33]     # metres, origin between the hips
 
 Not 4M's full record: ml-4m's human_poses transform also reads `pred_smpl_params`
 (global_orient, body_pose, betas), `pred_cam` and `pose_tokenized`, which 4M-21 produced
@@ -34,7 +51,9 @@ followed by keypoint tokens) instead of 4M's `pose`/`global`/`camera`/`shape` gr
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -43,11 +62,22 @@ from prism4m.labelers.base import LabelInput, Resources
 from prism4m.contract.members import encode_json
 from prism4m.labelers.hf import HFLabeler, HFLabelerConfig, HFModel, load_hf_model
 
-COCO_KEYPOINTS = 17
+#: the record's keypoints, in COCO's order
+COCO_KEYPOINT_NAMES = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)
+COCO_KEYPOINTS = len(COCO_KEYPOINT_NAMES)
 EXAMPLE_DETECTOR = "PekingU/rtdetr_r50vd_coco_o365"
 
 
 class HumanPosesConfig(HFLabelerConfig):
+    backend: Literal["vitpose", "mediapipe"] = Field(
+        "vitpose", description="vitpose: transformers detector + VitPose (checkpoints from config); "
+        "mediapipe: BlazePose, real weights installed by `make setup` (checkpoint: their folder, optional)")
+    presence_threshold: float = Field(
+        0.5, ge=0, le=1, description="mediapipe: drop poses whose presence probability is below this")
     detector_checkpoint: str | None = Field(
         None, description="person detector: local directory or hub id (AutoModelForObjectDetection)")
     detector_threshold: float = Field(0.5, ge=0, le=1, description="keep person boxes scoring above this")
@@ -66,8 +96,36 @@ class HumanPosesLabeler(HFLabeler):
     default_resources = Resources(num_cpus=1, num_gpus=0.1, batch_size=16)
 
     detector: HFModel | None = None
+    blazepose: Any = None  # pose_mediapipe.BlazePose (backend mediapipe)
+
+    #: config keys that only one backend reads: the other's output (and staleness) ignores them
+    VITPOSE_ONLY = ("detector_checkpoint", "person_label", "pose_batch_size", "dtype")
+    MEDIAPIPE_ONLY = ("backend", "presence_threshold")
+
+    @property
+    def mediapipe(self) -> bool:
+        return self.config.backend == "mediapipe"
+
+    @property
+    def resources(self) -> Resources:
+        res = super().resources
+        if self.mediapipe and self.config.num_gpus is None:
+            res = replace(res, num_gpus=0.0)  # TFLite on CPU: a GPU share would only block placement
+        return res
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.mediapipe else super().device
+
+    def output_config(self) -> dict:
+        # vitpose's stays what it was before backends existed, so its committed shards stay fresh
+        drop = set(self.VITPOSE_ONLY if self.mediapipe else self.MEDIAPIPE_ONLY)
+        return {k: v for k, v in super().output_config().items() if k not in drop}
 
     def setup(self) -> None:
+        if self.mediapipe:
+            self._setup_mediapipe()
+            return
         super().setup()
         if self.model.config.num_labels != COCO_KEYPOINTS:
             raise ValueError(f"human_poses: {self.config.checkpoint!r} predicts {self.model.config.num_labels} "
@@ -82,7 +140,37 @@ class HumanPosesLabeler(HFLabeler):
             raise ValueError(f"human_poses: detector {self.config.detector_checkpoint!r} has no class named "
                              f"{self.config.person_label!r} (set `person_label`)")
 
+    def _setup_mediapipe(self) -> None:
+        from prism4m.labelers import pose_mediapipe as mp
+
+        directory = Path(self.config.checkpoint).expanduser() if self.config.checkpoint else mp.model_dir()
+        # the default folder must hold mediapipe's exact files; a folder the user names is theirs
+        self._model_digests = mp.check_model_files(directory, verify_pins=not self.config.checkpoint)
+        self.blazepose = mp.BlazePose(directory, num_threads=max(1, int(self.resources.num_cpus)))
+
+    def _mediapipe_provenance(self) -> dict:
+        import hashlib
+
+        from prism4m.labelers import pose_mediapipe as mp
+        from prism4m.labelers.base import library_versions
+
+        self.ensure_setup()
+        files = {name: {"sha256": self._model_digests[name], "source": f"mediapipe=={mp.MEDIAPIPE_VERSION} wheel: {member}",
+                        "path": str(self.blazepose.directory / name)}
+                 for name, (member, _) in mp.MODEL_FILES.items()}
+        combined = "".join(f"{n}:{f['sha256']}\n" for n, f in sorted(files.items()))
+        return {
+            "model_id": f"mediapipe=={mp.MEDIAPIPE_VERSION} BlazePose ({' + '.join(files)})",
+            "model_class": "BlazePose (pose_detection + pose_landmark_full, TFLite)",
+            "weights_sha256": hashlib.sha256(combined.encode()).hexdigest(),
+            "files": files,
+            "random_weights": False,
+            "libraries": library_versions("ai-edge-litert", "numpy", "opencv-python-headless"),
+        }
+
     def model_provenance(self) -> dict:
+        if self.mediapipe:
+            return self._mediapipe_provenance()
         prov = super().model_provenance()
         detector = self.detector.provenance()
         prov["detector"] = detector
@@ -140,6 +228,24 @@ class HumanPosesLabeler(HFLabeler):
                 for per_image in results for p in per_image]
 
     # ------------------------------------------------------------------ encode
+    def label_batch(self, batch: list[LabelInput]) -> list[bytes]:
+        if not self.mediapipe:
+            return super().label_batch(batch)  # torch inference mode around predict()
+        self.ensure_setup()
+        return [encode_json(self._mediapipe_record(s.image)) for s in batch]
+
+    def _mediapipe_record(self, image: np.ndarray) -> dict:
+        persons = self.blazepose(image, detection_threshold=self.config.detector_threshold,
+                                 presence_threshold=self.config.presence_threshold,
+                                 max_persons=self.config.max_persons)
+        h, w = image.shape[:2]
+        record = pose_record(np.array([p.box(w, h) for p in persons]).reshape(-1, 4),
+                             np.array([p.score for p in persons]),
+                             np.array([p.coco_keypoints() for p in persons]).reshape(-1, COCO_KEYPOINTS, 3), w, h)
+        for out, person in zip(record.get("persons", []), persons):
+            out.update(person.extra_fields())
+        return record
+
     def predict(self, batch: list[LabelInput]) -> list[bytes]:
         images = [s.image for s in batch]
         detections = self.detect_persons(images)
