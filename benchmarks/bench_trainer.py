@@ -12,7 +12,6 @@ Standalone: ``python benchmarks/bench_trainer.py [WORKDIR]`` prints the JSON.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
@@ -24,10 +23,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from prism4m.trainer.data import SampleDecoder, TokenLoader, TokenShardDataset, discover_shards  # noqa: E402
+from prism4m.contract.members import encode_json, encode_npy  # noqa: E402
+from prism4m.contract.store import DatasetStore, Member  # noqa: E402
+from prism4m.trainer.data import TokenLoader, TokenShardDataset  # noqa: E402
+from prism4m.trainer.decode import SampleDecoder  # noqa: E402
 from prism4m.trainer.masking import UnifiedMasker, all2all, dirichlet_expectation, mixture_4m7  # noqa: E402
 from prism4m.trainer.modalities import build_registry  # noqa: E402
 from prism4m.trainer.model import FourM  # noqa: E402
+from prism4m.trainer.shards import discover_shards  # noqa: E402
 
 IMAGE_MODALITIES = ["tok_rgb@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224", "tok_clip@224"]
 MODALITIES = IMAGE_MODALITIES + ["caption", "det"]
@@ -45,38 +48,29 @@ def _tokenizer():
     return tok
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
 def write_bench_root(root: str, n_shards: int = 4, per_shard: int = 500, n_crops: int = 4) -> None:
-    """A prism4m root with 4M-7-like token folders, captions and det JSON, plus ledgers."""
-    import webdataset as wds
-
+    """A prism4m root with 4M-7-like token folders, captions and det JSON, committed by the store."""
     rng = np.random.default_rng(0)
     folders = IMAGE_MODALITIES + ["caption", "det", "crop_settings"]
+    store = DatasetStore(root)
     for shard in range(n_shards):
         keys = [f"k{shard:03d}{i:05d}" for i in range(per_shard)]
+        outputs = {}
         for folder in folders:
-            os.makedirs(f"{root}/{folder}", exist_ok=True)
-            os.makedirs(f"{root}/_ledger/{folder}", exist_ok=True)
-            with wds.TarWriter(f"{root}/{folder}/shard-{shard:06d}.tar") as writer:
-                for key in keys:
-                    if folder == "caption":
-                        member = {"txt": " ".join(rng.choice(WORDS, size=12))}
-                    elif folder == "det":
-                        boxes = [{"boxes": sorted(rng.random(2).tolist()) * 2, "class_name": "car", "score": 0.9}] * 3
-                        member = {"json": json.dumps({"instances": boxes}).encode()}
-                    elif folder == "crop_settings":
-                        member = {"npy": _npy(np.tile(np.array([[0, 0, 224, 224, 0]]), (n_crops, 1)))}
-                    else:
-                        member = {"npy": _npy(rng.integers(0, 4096, size=(n_crops, 196)).astype(np.int16))}
-                    writer.write({"__key__": key, **member})
-            record = {"folder": folder, "shard": shard, "n_samples": per_shard, "invalid": []}
-            with open(f"{root}/_ledger/{folder}/shard-{shard:06d}.json", "w") as f:
-                json.dump(record, f)
+            members = []
+            for key in keys:
+                if folder == "caption":
+                    members.append(Member(key, "txt", " ".join(rng.choice(WORDS, size=12)).encode()))
+                elif folder == "det":
+                    boxes = [{"boxes": sorted(rng.random(2).tolist()) * 2, "class_name": "car", "score": 0.9}] * 3
+                    members.append(Member(key, "json", encode_json({"instances": boxes})))
+                elif folder == "crop_settings":
+                    members.append(Member(key, "npy", encode_npy(np.tile(np.array([[0, 0, 224, 224, 0]]), (n_crops, 1)))))
+                else:
+                    members.append(Member(key, "npy", encode_npy(rng.integers(0, 4096, size=(n_crops, 196)).astype(np.int16))))
+            outputs[folder] = members
+        producer = {"name": "bench", "kind": "bench", "config_hash": "bench", "code_version": "bench"}
+        store.commit_unit(shard, outputs, {f: {"producer": producer, "inputs": {}} for f in folders})
 
 
 def _registry(root: str, tokenizer):

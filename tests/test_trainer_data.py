@@ -11,15 +11,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from trainer_fixtures import make_text_tokenizer, token_modalities, write_token_root  # noqa: E402
 
-from prism4m.trainer.data import (  # noqa: E402
-    SampleDecoder,
-    TokenLoader,
-    TokenShardDataset,
-    discover_shards,
-    iter_shard,
-)
+from prism4m.contract.members import decode_npy  # noqa: E402
+from prism4m.trainer.data import TokenLoader, TokenShardDataset  # noqa: E402
+from prism4m.trainer.decode import SampleDecoder  # noqa: E402
 from prism4m.trainer.masking import UnifiedMasker, all2all  # noqa: E402
 from prism4m.trainer.modalities import build_registry  # noqa: E402
+from prism4m.trainer.shards import discover_shards, iter_shard  # noqa: E402
 
 TOKENIZER = make_text_tokenizer()
 
@@ -88,7 +85,7 @@ def test_one_crop_row_is_shared_by_every_modality(tmp_path):
         for j in range(4):
             sample = decoder(key, members, {}, np.random.default_rng([i, j]))
             np.testing.assert_array_equal(sample["tok_b@32"], (sample["tok_a@32"] * 7 + 3) % 48)
-            all_rows = np.load(__import__("io").BytesIO(members["tok_a@32"][1]))
+            all_rows = decode_npy(members["tok_a@32"][1])
             rows_seen.add(int(np.flatnonzero((all_rows == sample["tok_a@32"]).all(1))[0]))
     assert len(rows_seen) > 1  # random crops really vary
 
@@ -107,7 +104,7 @@ def test_memory_root_and_parquet_export_give_the_same_samples(tmp_path):
             rows["key"].append(key)
             rows["shard"].append(source.index)
             for col in ("crop_settings", "tok_a@32", "tok_b@32"):
-                rows[col].append(np.load(__import__("io").BytesIO(members[col][1])).tolist())
+                rows[col].append(decode_npy(members[col][1]).tolist())
             rows["caption"].append(members["caption"][1].decode())
         schema = pa.schema([
             ("key", pa.string()), ("shard", pa.int32()), ("crop_settings", pa.list_(pa.list_(pa.int64()))),
@@ -202,7 +199,7 @@ def test_tar_reader_matches_stdlib_tarfile_for_every_format(tmp_path, fmt):
     import io
     import tarfile
 
-    from prism4m.trainer.data import iter_tar_members
+    from prism4m.trainer.shards import iter_tar_members
 
     members = [("k" * 150, "npy", b"x" * 700), ("short", "txt", "naïve ✓".encode()), ("empty", "json", b"")]
     path = tmp_path / "shard-000000.tar"
@@ -222,7 +219,7 @@ def test_tar_reader_refuses_member_paths(tmp_path):
     import io
     import tarfile
 
-    from prism4m.trainer.data import iter_tar_members
+    from prism4m.trainer.shards import iter_tar_members
 
     path = tmp_path / "bad.tar"
     with tarfile.open(path, "w") as tar:
@@ -233,7 +230,7 @@ def test_tar_reader_refuses_member_paths(tmp_path):
 
 
 def test_unigram_baseline_matches_the_generated_distribution(tmp_path):
-    from prism4m.trainer.data import cross_entropy_of_counts, entropy_of_counts, unigram_counts
+    from prism4m.trainer.evaluate import cross_entropy_of_counts, entropy_of_counts, unigram_counts
 
     # tok_a draws uniformly from 4 ids in each of 8 classes: 32 equally likely ids.
     root = str(tmp_path)

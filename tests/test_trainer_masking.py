@@ -11,7 +11,8 @@ from prism4m.trainer.masking import (
     sample_dirichlet,
     span_mask,
 )
-from prism4m.trainer.modalities import EOS_ID, build_registry
+from prism4m.tokenizers.text import EOS_ID
+from prism4m.trainer.modalities import build_registry
 
 NAMES = ["tok_rgb@224", "tok_depth@224", "tok_semseg@224", "caption", "det"]
 

@@ -16,7 +16,8 @@ from trainer_fixtures import make_text_tokenizer, token_modalities, write_token_
 from prism4m.errors import UserError  # noqa: E402
 from prism4m.trainer.modalities import build_registry  # noqa: E402
 from prism4m.trainer.model import FourM  # noqa: E402
-from prism4m.trainer.train import main, param_groups, train  # noqa: E402
+from prism4m.trainer.optim import param_groups  # noqa: E402
+from prism4m.trainer.train import main, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +178,7 @@ def test_ray_train_runs_two_workers(token_root, tmp_path):
 
 
 def test_job_spec_paths_resolve_relative_to_the_file(tmp_path):
-    from prism4m.trainer.train import load_config
+    from prism4m.trainer.config import load_config
 
     spec = {"root": "../out/dataset", "train": {"data": {"modalities": ["tok_rgb@224"], "text_tokenizer": "tok"},
                                                 "out_dir": "runs/x"}}
@@ -191,7 +192,7 @@ def test_job_spec_paths_resolve_relative_to_the_file(tmp_path):
 
 
 def test_baseline_choice_decides_what_beats_means():
-    from prism4m.trainer.train import baseline_table
+    from prism4m.trainer.evaluate import baseline_table
 
     rows = baseline_table({"caption": 3.0}, {"caption": 2.5}, {"caption": 4.0})
     assert rows[0]["beats_baseline"] is False  # default bar: training unigram entropy

@@ -1,8 +1,8 @@
 """Generated token datasets for the trainer tests and benchmark.
 
-Writes a prism4m root the way DATASET.md describes it: per-folder tars written with
-webdataset's TarWriter (one member per sample, same keys in the same order), then the
-ledger record last. The tokens are *structured* so that a model can beat the unigram
+Writes a prism4m root through the store's own commit path (``DatasetStore.commit_unit``):
+per-folder tars (one member per sample, same keys in the same order), then the ledger
+record last. The tokens are *structured* so that a model can beat the unigram
 baseline: each sample has a hidden class; ``tok_a`` draws its tokens from a small
 class-specific set, ``tok_b`` is a fixed function of ``tok_a`` at the same position, and
 the caption names the class.
@@ -10,14 +10,11 @@ the caption names the class.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-from typing import Iterable
-
 import fsspec
 import numpy as np
-import webdataset as wds
+
+from prism4m.contract.members import encode_npy
+from prism4m.contract.store import DatasetStore, Member, build_tar
 
 CLASS_WORDS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
 OTHER_WORDS = ["a", "photo", "of", "thing", "the", "small", "big", "picture"]
@@ -46,23 +43,7 @@ def structured_sample(rng: np.random.Generator, n_crops: int, vocab_a: int, voca
     return cls, tok_a.astype(np.int16), tok_b.astype(np.int16), caption
 
 
-def _tar_bytes(members: Iterable[tuple[str, str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with wds.TarWriter(buf) as writer:
-        for key, ext, data in members:
-            writer.write({"__key__": key, ext: data})
-    return buf.getvalue()
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
-def _write(url: str, data: bytes) -> None:
-    with fsspec.open(url, "wb") as f:
-        f.write(data)
+PRODUCER = {"kind": "tokenizer", "config_hash": "test", "code_version": "test"}
 
 
 def write_token_root(
@@ -82,49 +63,43 @@ def write_token_root(
 ) -> dict[int, list[str]]:
     """Write folders tok_a@N, tok_b@N, caption, crop_settings (+ ledger). Returns keys per shard.
 
-    ``invalid[folder]`` keys get zero-byte members and are listed in the ledger;
-    ``swap_keys_in=(folder, shard)`` swaps two keys' order in that folder's tar;
-    ``skip_ledger[folder]`` shard indices get data but no ledger record (uncommitted).
+    Shards are committed with the store's own ``commit_unit`` (tars, then ledger records).
+    ``invalid[folder]`` keys get zero-byte members (the store lists them in the ledger);
+    ``swap_keys_in=(folder, shard)`` swaps two keys' order in that folder's tar.
+    Breaking the contract on purpose: ``skip_ledger[folder]`` shard indices get a tar but no
+    ledger record (uncommitted); ``ledger=False`` writes an ml-4m-layout root (tars named by
+    ``shard_name``, no ledger).
     """
     rng = np.random.default_rng(seed)
     invalid = invalid or {}
     n_tokens = grid * grid
     res = grid * 8
     folders = [f"tok_a@{res}", f"tok_b@{res}", "caption", "crop_settings"]
+    store = DatasetStore(root)
     keys_by_shard: dict[int, list[str]] = {}
     for shard in range(n_shards):
         keys = [f"s{shard:03d}_{i:04d}" for i in range(per_shard)]
         keys_by_shard[shard] = keys
-        rows: dict[str, list[tuple[str, str, bytes]]] = {f: [] for f in folders}
+        rows: dict[str, list[Member]] = {f: [] for f in folders}
         for key in keys:
             _, tok_a, tok_b, caption = structured_sample(rng, n_crops, vocab_a, vocab_b, n_tokens)
             crops = np.array([[0, 0, 32, 32, 0]] + [[1, 2, 28, 28, int(rng.integers(2))]] * (n_crops - 1), dtype=np.int64)
-            rows[f"tok_a@{res}"].append((key, "npy", _npy(tok_a)))
-            rows[f"tok_b@{res}"].append((key, "npy", _npy(tok_b)))
-            rows["caption"].append((key, "txt", caption.encode()))
-            rows["crop_settings"].append((key, "npy", _npy(crops)))
+            rows[f"tok_a@{res}"].append(Member(key, "npy", encode_npy(tok_a)))
+            rows[f"tok_b@{res}"].append(Member(key, "npy", encode_npy(tok_b)))
+            rows["caption"].append(Member(key, "txt", caption.encode()))
+            rows["crop_settings"].append(Member(key, "npy", encode_npy(crops)))
+        outputs: dict[str, list[Member]] = {}
         for folder in folders:
-            members = [(k, e, b"" if k in invalid.get(folder, set()) else d) for k, e, d in rows[folder]]
+            members = [Member(m.key, m.ext, b"") if m.key in invalid.get(folder, set()) else m for m in rows[folder]]
             if swap_keys_in and swap_keys_in == (folder, shard):
                 members[3], members[4] = members[4], members[3]
-            data = _tar_bytes(members)
-            _write(f"{root}/{folder}/{shard_name.format(shard)}", data)
             if ledger and shard not in (skip_ledger or {}).get(folder, set()):
-                record = {
-                    "folder": folder,
-                    "shard": shard,
-                    "n_samples": len(keys),
-                    "keys_digest": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
-                    "producer": {"name": folder, "kind": "tokenizer", "config_hash": "test", "code_version": "test"},
-                    "producer_hash": "test",
-                    "inputs": {},
-                    "files": {f"{folder}/shard-{shard:06d}.tar": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}},
-                    "invalid": sorted(k for k in keys if k in invalid.get(folder, set())),
-                    "errors_by_reason": {},
-                    "wall_s": 0.0,
-                    "committed_at": "2026-11-23T18:00:00Z",
-                }
-                _write(f"{root}/_ledger/{folder}/shard-{shard:06d}.json", json.dumps(record).encode())
+                outputs[folder] = members
+            else:  # a tar no ledger record makes visible
+                with fsspec.open(f"{root}/{folder}/{shard_name.format(shard)}", "wb") as f:
+                    f.write(build_tar(members))
+        if outputs:
+            store.commit_unit(shard, outputs, {f: {"producer": {"name": f, **PRODUCER}, "inputs": {}} for f in outputs})
     return keys_by_shard
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import numpy as np
 from PIL import Image
@@ -42,3 +43,26 @@ def encode_npy(array: np.ndarray) -> bytes:
 
 def decode_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
+
+
+def decode_npy_view(data: bytes) -> np.ndarray:
+    """decode_npy for hot loops (the trainer's loader): a read-only view of ``data``, with the
+    header parse cached per header (parsing it dominated decoding). Same refusals as decode_npy."""
+    if data[:6] != b"\x93NUMPY" or data[6:7] != b"\x01":
+        return decode_npy(data)
+    header_len = int.from_bytes(data[8:10], "little")
+    header = data[10 : 10 + header_len]
+    parsed = _NPY_HEADERS.get(header)
+    if parsed is None:
+        buf = io.BytesIO(data)
+        np.lib.format.read_magic(buf)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+        if dtype.hasobject:
+            return decode_npy(data)  # refused there (no pickles)
+        parsed = _NPY_HEADERS[header] = (dtype, shape, fortran)
+    dtype, shape, fortran = parsed
+    array = np.frombuffer(data, dtype=dtype, offset=10 + header_len, count=math.prod(shape))
+    return array.reshape(shape, order="F" if fortran else "C")

@@ -116,6 +116,7 @@ class Member:
 COMPRESSIONS = (None, "gzip")
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_SHARD_BYTES = 4 * 2**30  # a decompressed shard larger than this is refused (gzip bomb guard)
+MAX_MEMBER_BYTES = 2**30  # a member larger than this is refused (one sample's data is kilobytes to megabytes)
 
 
 def shard_compression(name: str | None) -> str | None:
@@ -177,6 +178,9 @@ def iter_tar_bytes(data: bytes, source: str = "<tar>") -> Iterator[Member]:
                 key, ext = split_member_name(info.name)
             except UnsafeTarMember as exc:
                 raise UnsafeTarMember(f"{source}: {exc}") from None
+            if info.size > MAX_MEMBER_BYTES:
+                raise UnsafeTarMember(f"{source}: member of {info.size:,} bytes exceeds {MAX_MEMBER_BYTES:,}; "
+                                      "refusing the shard")
             f = tar.extractfile(info)
             yield Member(key, ext, f.read() if f else b"")
 

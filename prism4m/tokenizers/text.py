@@ -25,6 +25,10 @@ from prism4m.tokenizers.card import TokenizerCard, join_url, write_card
 TOKENIZER_FILE = "tokenizer.json"
 NUM_SENTINELS = 200
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[SOS]", "[EOS]"]
+# the ids the trainer writes itself (padding, end of sequence, span sentinels [S_k] = SENTINEL_0_ID + k)
+PAD_ID = SPECIAL_TOKENS.index("[PAD]")
+EOS_ID = SPECIAL_TOKENS.index("[EOS]")
+SENTINEL_0_ID = len(SPECIAL_TOKENS)
 COCO_CLASSES = sorted([
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
     "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",

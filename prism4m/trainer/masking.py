@@ -25,7 +25,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .modalities import EOS_ID, NUM_SENTINELS, PAD_ID, SENTINEL_0_ID, ModalitySpec
+from prism4m.tokenizers.text import EOS_ID, NUM_SENTINELS, PAD_ID, SENTINEL_0_ID
+
+from .modalities import TrainModality
 
 KEEP_SCHEMES = ("random", "all", "binary")
 
@@ -230,7 +232,7 @@ class UnifiedMasker:
 
     def __init__(
         self,
-        registry: Mapping[str, ModalitySpec],
+        registry: Mapping[str, TrainModality],
         components: Sequence[AlphaComponent],
         num_input_tokens: int,
         num_target_tokens: int,

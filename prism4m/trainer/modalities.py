@@ -4,8 +4,8 @@ A modality is what the model sees as one embedding family: a token grid (``img``
 token vector without spatial layout (``global``) or a text-like sequence (``seq``).
 The registry is resolved in this order, later sources winning:
 
-1. defaults that match ml-4m's ``MODALITY_INFO`` (4M_FORMAT.md §3): type, token grid and
-   count — never a token folder's vocabulary when there is a root to read it from;
+1. ml-4m's defaults from the modality table (prism4m.contract.modalities): type, token
+   grid and count — never a token folder's vocabulary when there is a root to read it from;
 2. the dataset manifest ``ROOT/prism4m.json`` (a Parquet export's ``_export.json``) and any
    tokenizer cards it points to or embeds (vocabulary size, token grid); for a folder the
    manifest does not describe (a stale manifest), the folder's ledger producer;
@@ -20,27 +20,22 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Mapping
 
 import fsspec
 
+from prism4m.contract.modalities import MODALITIES, TEXT_VOCAB_SIZE
+from prism4m.contract.store import LEDGER_DIR, MANIFEST, SHARD_PATTERN, DatasetStore
 from prism4m.errors import UserError
-from prism4m.contract.store import MANIFEST
-from prism4m.tokenizers.export import EXPORT_SUMMARY
+from prism4m.pipeline.export import EXPORT_SUMMARY
 
 ModalityType = Literal["img", "seq", "global"]
 
-# ml-4m's text tokenizer layout: [PAD]=0, [UNK]=1, [SOS]=2, [EOS]=3, [S_0..S_199]=4..203.
-PAD_ID = 0
-EOS_ID = 3
-SENTINEL_0_ID = 4
-NUM_SENTINELS = 200
-TEXT_VOCAB_SIZE = 30000
-
 
 @dataclass(frozen=True)
-class ModalitySpec:
+class TrainModality:
     """One modality as the trainer needs it.
 
     ``num_tokens`` is the token count per crop for img/global, and the maximum sequence
@@ -80,27 +75,19 @@ def _square_grid(name: str, n: int) -> tuple[int, int]:
     return (side, side)
 
 
-# Defaults after ml-4m's MODALITY_INFO at 224 px (4M_FORMAT.md §3). Keys are modality names
-# without resolution; resolution-dependent grids are scaled in `default_spec`.
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tok_rgb": {"type": "img", "vocab_size": 16384, "patch": 16},
-    "tok_depth": {"type": "img", "vocab_size": 8192, "patch": 16},
-    "tok_normal": {"type": "img", "vocab_size": 8192, "patch": 16},
-    "tok_semseg": {"type": "img", "vocab_size": 4096, "patch": 16},
-    "tok_clip": {"type": "img", "vocab_size": 8192, "patch": 16},
-    "tok_canny_edge": {"type": "img", "vocab_size": 8192, "patch": 16},
-    "tok_sam_edge": {"type": "img", "vocab_size": 8192, "patch": 16},
-    "tok_dinov2": {"type": "img", "vocab_size": 8192, "patch": 14},
-    "tok_imagebind": {"type": "img", "vocab_size": 8192, "patch": 14},
-    "tok_dinov2_global": {"type": "global", "vocab_size": 8192, "num_tokens": 16},
-    "tok_imagebind_global": {"type": "global", "vocab_size": 8192, "num_tokens": 16},
-    "caption": {"type": "seq", "vocab_size": TEXT_VOCAB_SIZE, "num_tokens": 256},
-    "det": {"type": "seq", "vocab_size": TEXT_VOCAB_SIZE, "num_tokens": 256},
-    "metadata": {"type": "seq", "vocab_size": TEXT_VOCAB_SIZE, "num_tokens": 40},
-    "human_poses": {"type": "seq", "vocab_size": TEXT_VOCAB_SIZE, "num_tokens": 275},
-    "color_palette": {"type": "seq", "vocab_size": TEXT_VOCAB_SIZE, "num_tokens": 23},
-    "sam_instance": {"type": "seq", "vocab_size": TEXT_VOCAB_SIZE, "num_tokens": 290},
-}
+def _defaults() -> dict[str, dict[str, Any]]:
+    """ml-4m's defaults by modality name without resolution (``tok_rgb``, ``caption``), from
+    the modality table; image grids come from the patch size and are scaled in `default_spec`."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in MODALITIES.values():
+        if m.train_type is None:
+            continue
+        size = {"patch": m.patch_size} if m.train_type == "img" else {"num_tokens": m.tokens}
+        out[m.token_name or m.name] = {"type": m.train_type, "vocab_size": m.vocab, **size}
+    return out
+
+
+_DEFAULTS = _defaults()
 
 
 def base_name(modality: str) -> str:
@@ -125,7 +112,7 @@ def default_spec(modality: str) -> dict[str, Any] | None:
 
 
 #: what describes a root's folders: a prism4m root's manifest, or the export's summary
-#: (tokenizers/export.py) when the root is a Parquet export directory
+#: (pipeline/export.py) when the root is a Parquet export directory
 MANIFEST_FILES = (MANIFEST, EXPORT_SUMMARY)
 
 
@@ -143,15 +130,16 @@ def read_manifest(root: str) -> dict[str, Any]:
 def ledger_fields(root: str, folder: str) -> dict[str, Any]:
     """Vocabulary/type from the tokenizer producer of ``folder``'s last ledger record (prism4m
     roots; a manifest that lost the folder), or {}."""
-    fs, path = fsspec.core.url_to_fs(root)
-    directory = f"{path.rstrip('/')}/_ledger/{folder}"
-    if not fs.exists(directory):
+    store = DatasetStore(root)
+    try:
+        names = store.fs.ls(store.p(LEDGER_DIR, folder), detail=False)
+    except FileNotFoundError:
         return {}
-    records = sorted(p for p in fs.ls(directory, detail=False) if p.endswith(".json"))
-    if not records:
+    indices = [int(m.group(1)) for m in (SHARD_PATTERN.match(posixpath.basename(n)) for n in names)
+               if m and m.group(2) == "json"]
+    if not indices:
         return {}
-    with fs.open(records[-1], "r") as f:
-        producer = json.load(f).get("producer") or {}
+    producer = store.read_json(store.ledger_path(folder, max(indices))).get("producer") or {}
     return _card_fields(producer) if producer.get("kind") == "tokenizer" else {}
 
 
@@ -212,15 +200,15 @@ def build_registry(
     root: str | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     peek_num_tokens: Any = None,
-) -> dict[str, ModalitySpec]:
-    """Resolve every requested modality to a ModalitySpec.
+) -> dict[str, TrainModality]:
+    """Resolve every requested modality to a TrainModality.
 
     ``peek_num_tokens(folder) -> int | None`` is called when no source gives a token count
     (the data loader passes a function that reads the first committed sample).
     """
     overrides = overrides or {}
     manifest = read_manifest(root) if root else {}
-    registry: dict[str, ModalitySpec] = {}
+    registry: dict[str, TrainModality] = {}
     for name in modalities:
         override = dict(overrides.get(name, {}))
         folder = override.get("folder", name)
@@ -256,9 +244,9 @@ def build_registry(
             )
         if "grid" in fields and fields["grid"] is not None:
             fields["grid"] = tuple(fields["grid"])
-        registry[name] = ModalitySpec(name=name, **fields)
+        registry[name] = TrainModality(name=name, **fields)
     return registry
 
 
-def with_overrides(spec: ModalitySpec, **changes: Any) -> ModalitySpec:
+def with_overrides(spec: TrainModality, **changes: Any) -> TrainModality:
     return replace(spec, **changes)

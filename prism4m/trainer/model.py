@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modalities import ModalitySpec
+from .modalities import TrainModality
 
 # name: (encoder depth, decoder depth, width, heads)
 MODEL_SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -131,7 +131,7 @@ def _select(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class FourM(nn.Module):
-    def __init__(self, registry: Mapping[str, ModalitySpec], size: str = "tiny", **overrides: int) -> None:
+    def __init__(self, registry: Mapping[str, TrainModality], size: str = "tiny", **overrides: int) -> None:
         super().__init__()
         enc_depth, dec_depth, dim, heads = MODEL_SIZES[size]
         enc_depth = overrides.get("encoder_depth", enc_depth)

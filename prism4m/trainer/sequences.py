@@ -1,7 +1,7 @@
-"""Turn stored sequence modalities into text for the WordPiece tokenizer.
+"""The text side of the loader: sequence members to text, and the text tokenizer.
 
 The trainer uses the very serializers the text tokenizer was trained with
-(``prism4m.tokenizers.serializers``: ml-4m's serialisations, 4M_FORMAT.md §4.2, §7), adapted
+(``prism4m.modality.serializers``: ml-4m's serialisations, 4M_FORMAT.md §4.2, §7), adapted
 to the loader's call: every serializer gets the decoded member (str / JSON object), the crop
 index, the crop row ``(top, left, h, w, hflip)`` chosen for the sample (or None) and the
 sample's RNG, and returns the text to tokenize, or None when the member holds nothing usable.
@@ -16,11 +16,16 @@ normalised) are cropped in full-image terms; human_poses@tok members carry their
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 from typing import Any, Callable
 
+import fsspec
 import numpy as np
 
-from prism4m.tokenizers import serializers as stage
+from prism4m.modality import serializers as stage
+from prism4m.tokenizers.card import CARD_FILE
+from prism4m.tokenizers.text import TOKENIZER_FILE
 
 Serializer = Callable[[Any, int, "np.ndarray | None", np.random.Generator], "str | None"]
 
@@ -41,3 +46,30 @@ def decode_member(ext: str, data: bytes) -> Any:
     if ext.endswith("json"):
         return json.loads(data)
     return data.decode("utf-8")
+
+
+def load_text_tokenizer(tokenizer: Any):
+    """A HF ``tokenizers.Tokenizer`` from an object, a tokenizer.json path/URL or its directory."""
+    if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
+        return tokenizer
+    from tokenizers import Tokenizer
+
+    path = str(tokenizer)
+    if not path.endswith(".json"):  # a tokenizer directory (card.json + tokenizer.json)
+        path = f"{path.rstrip('/')}/{TOKENIZER_FILE}"
+    with fsspec.open(path, "r") as f:
+        return Tokenizer.from_str(f.read())
+
+
+def text_tokenizer_card(tokenizer: Any) -> dict[str, Any]:
+    """The card (card.json) of a text tokenizer directory, or of the directory holding a
+    tokenizer.json; {} when there is none (ml-4m's published JSON, an in-memory tokenizer)."""
+    if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
+        return {}
+    path = str(tokenizer)
+    directory = posixpath.dirname(path.rstrip("/")) if path.endswith(".json") else path.rstrip("/")
+    try:
+        with fsspec.open(f"{directory}/{CARD_FILE}", "r") as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return {}
