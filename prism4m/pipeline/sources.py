@@ -48,7 +48,8 @@ class SourceError(ValueError):
 
 
 class UnsafeSource(SourceError):
-    """A source container that tries to escape (absolute/'..' member paths, links)."""
+    """A source file refused whole for escaping. Tar members that escape (absolute/'..'
+    paths, links) are refused one at a time instead (RawItem.reason), keeping the rest."""
 
     reason = "unsafe"
 
@@ -157,7 +158,7 @@ def list_source(source: str, storage_options: dict | None = None) -> tuple[pa.Ta
         names = set(paths)
         # img2dataset (files and webdataset formats) writes 00000.parquet beside 00000.tar or
         # the folder 00000/: per-sample metadata (url, status, …), not images
-        siblings = set(subdirs) | {p[:-4] for p in paths if p.endswith(".tar")}
+        siblings = set(subdirs) | {p[:-4] for p in paths if _ext(p) == "tar"}
         rows: list[tuple] = []  # (uri, rel, kind, caption_uri)
         jsons = []
         for p in paths:
