@@ -30,6 +30,9 @@ class LabelerConfig(BaseModel):
     batch_size: int | None = Field(None, ge=1, description="samples per forward pass")
     device: str | None = Field(None, description="'cuda', 'cpu' or None for automatic")
     group: str = Field("default", description="labelers of one group share an actor and each decoded batch")
+    pipeline_depth: int | None = Field(
+        None, ge=1, description="shards in flight per actor: 1 works in series; 3 reads/decodes the next shard and "
+                                "writes the previous one while the model runs (default: 3 with a GPU, else 1)")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,11 @@ class Resources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     batch_size: int = 16
+    pipeline_depth: int = 0  # 0: automatic (3 when the actor has a GPU to keep busy, else 1)
+
+    @property
+    def depth(self) -> int:
+        return self.pipeline_depth or (3 if self.num_gpus > 0 else 1)
 
 
 @dataclass
@@ -101,6 +109,7 @@ class Labeler(ABC):
             num_cpus=d.num_cpus if c.num_cpus is None else c.num_cpus,
             num_gpus=d.num_gpus if c.num_gpus is None else c.num_gpus,
             batch_size=d.batch_size if c.batch_size is None else c.batch_size,
+            pipeline_depth=d.pipeline_depth if c.pipeline_depth is None else c.pipeline_depth,
         )
 
     @property
@@ -116,7 +125,8 @@ class Labeler(ABC):
 
     def output_config(self) -> dict:
         """Config fields that change the output (resources and device do not)."""
-        return self.config.model_dump(mode="json", exclude={"num_cpus", "num_gpus", "batch_size", "device", "group"})
+        return self.config.model_dump(mode="json", exclude={"num_cpus", "num_gpus", "batch_size", "device", "group",
+                                                            "pipeline_depth"})
 
     def producer(self) -> dict:
         """What the ledger compares on resume: a change here makes committed shards stale."""

@@ -92,8 +92,28 @@ class FaultInjectorLabeler(Labeler):
         return out
 
 
+class SimulatedAcceleratorConfig(LabelerConfig):
+    seconds_per_image: float = Field(0.01, ge=0, description="device time per image (a sleep: no CPU used)")
+
+
+class SimulatedAcceleratorLabeler(Labeler):
+    """A model that holds a device for a fixed time per image and uses no CPU meanwhile, so
+    how busy a streaming worker keeps a device can be measured on a machine without one
+    (benchmarks/bench_streaming.py, tests/test_streaming.py). Not a real label."""
+
+    name = "simulated_accelerator"
+    extension = "json"
+    Config = SimulatedAcceleratorConfig
+    default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=16, pipeline_depth=3)
+
+    def label_batch(self, batch: list[LabelInput]) -> list[bytes]:
+        time.sleep(self.config.seconds_per_image * len(batch))  # the device is busy, the CPU is free
+        return [encode_json({"h": int(s.image.shape[0]), "w": int(s.image.shape[1])}) for s in batch]
+
+
 # ---------------------------------------------------------------------- test helpers
-TEST_LABELERS = {"fault_injector": "prism4m.labelers.testing:FaultInjectorLabeler"}
+TEST_LABELERS = {"fault_injector": "prism4m.labelers.testing:FaultInjectorLabeler",
+                 "simulated_accelerator": "prism4m.labelers.testing:SimulatedAcceleratorLabeler"}
 
 
 def write_entry_point_plugin(directory: str | os.PathLike, labelers: dict[str, str] | None = None) -> str:

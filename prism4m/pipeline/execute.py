@@ -89,6 +89,15 @@ def _instrumented(worker_cls: type) -> type:
     class Instrumented(worker_cls):  # type: ignore[misc, valid-type]
         _prism4m_ready = False
 
+        def __init__(self, *args, **kwargs):
+            import threading  # made in the actor: locks do not travel with the pickled class
+
+            self._prism4m_ready_lock = threading.Lock()  # a threaded (streaming) actor runs calls at once
+            self._prism4m_lock = threading.Lock()        # guards the in-flight count
+            self._prism4m_device = threading.Lock()      # one compute at a time: the device's turn
+            self._prism4m_in_flight = self._prism4m_max_in_flight = 0
+            super().__init__(*args, **kwargs)
+
         def ready(self):
             out = super().ready()
             self._prism4m_ready = True
@@ -96,12 +105,36 @@ def _instrumented(worker_cls: type) -> type:
 
         def process(self, unit):
             if not self._prism4m_ready:  # a restarted actor: Ray reran __init__ only
-                self.ready()
-            result = super().process(unit)
+                with self._prism4m_ready_lock:
+                    if not self._prism4m_ready:
+                        self.ready()
+            result = self._staged(unit) if staged else super().process(unit)
             if isinstance(result, dict):
                 result = {**result, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
             return result
 
+        def _staged(self, unit):
+            """prepare → compute → finish, the compute of one unit at a time (the device's
+            turn), while other calls of this threaded actor prepare or finish theirs."""
+            with self._prism4m_lock:
+                self._prism4m_in_flight += 1
+                in_flight = self._prism4m_in_flight
+                self._prism4m_max_in_flight = max(self._prism4m_max_in_flight, in_flight)
+            try:
+                state = self.prepare(unit)
+                with self._prism4m_device:
+                    t0 = time.time()
+                    state = self.compute(state)
+                    span = (t0, time.time())
+                result = self.finish(state)
+            finally:
+                with self._prism4m_lock:
+                    self._prism4m_in_flight -= 1
+            if isinstance(result, dict):
+                result = {**result, "compute_span": span, "max_in_flight": self._prism4m_max_in_flight}
+            return result
+
+    staged = all(callable(getattr(worker_cls, m, None)) for m in ("prepare", "compute", "finish"))
     Instrumented.__name__ = worker_cls.__name__
     return Instrumented
 
@@ -130,12 +163,18 @@ def run_units(
     on_failure: Callable[[Any, str, str], None] | None = None,
     name: str | None = None,
     start_timeout_s: float | None = None,
+    pipeline_depth: int = 1,
 ) -> RunReport:
     """Process `units` on actors of `worker_cls`; `workers=None`: as many as the cluster holds.
 
     `name` names the actor group in messages (default: the progress description). An actor that
     is not placed within `start_timeout_s` (default: `ray_env.actor_start_timeout_s()`) is
     reported and dropped; if none is placed, `ActorPlacementError`.
+
+    A worker with `prepare`/`compute`/`finish` instead of `process` can be *streamed*: with
+    `pipeline_depth` > 1 each actor runs that many units at once in threads, one `compute`
+    at a time, so reading/decoding the next unit and encoding/writing the previous one
+    overlap the model (the memory in flight is `pipeline_depth` units per actor).
     """
     import ray
 
@@ -161,6 +200,9 @@ def run_units(
     actor_cls = ray.remote(_instrumented(worker_cls))
     actor_opts = dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory or None, resources=resources or {},
                       max_restarts=max_retries, max_task_retries=max_retries)
+    if pipeline_depth > 1 and all(hasattr(worker_cls, m) for m in ("prepare", "compute", "finish")):
+        actor_opts["max_concurrency"] = pipeline_depth  # a threaded actor: its calls overlap
+        inflight_per_worker = max(inflight_per_worker, pipeline_depth)
 
     # Actor slots. Start-up is asynchronous: an actor takes units as soon as its own ready()
     # has returned, so an actor that cannot be placed (no free GPU) delays nothing. Each actor

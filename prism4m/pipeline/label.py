@@ -95,43 +95,59 @@ class LabelWorker:
         self.devices = {name: _device_name(lab.device) for name, lab in self.labelers.items()}
         return True
 
-    def process(self, unit: LabelUnit) -> dict:
+    # A unit in three steps (pipeline/execute.py streams them: with pipeline_depth > 1 the
+    # next shard is read and decoded, and the previous one encoded and written, while this
+    # one is labelled). Each step's output is exactly what the serial worker computed.
+    def prepare(self, unit: LabelUnit) -> dict:
+        """Read and decode: the rgb shard, the input folders, the committed members to keep."""
         t0 = time.perf_counter()
         rgb_members = self.store.read_shard(RGB, unit.shard)
         probe = None if unit.probe_keys is None else set(unit.probe_keys)
         images = {m.key: decode_rgb(m) for m in rgb_members if probe is None or m.key in probe}
-        inputs: dict[str, dict[str, bytes]] = {}
-        for folder in unit.inputs:
-            inputs[folder] = {m.key: m.data for m in self.store.read_shard(folder, unit.shard) if not m.is_invalid}
-        decode_s = time.perf_counter() - t0
+        inputs = {folder: {m.key: m.data for m in self.store.read_shard(folder, unit.shard) if not m.is_invalid}
+                  for folder in unit.inputs}
+        kept = {name: ({m.key: m.data for m in self.store.read_shard(name, unit.shard) if not m.is_invalid}
+                       if unit.retry_invalid else {}) for name in unit.labelers}
         ledger_records = {f: self.store.read_json(self.store.ledger_path(f, unit.shard))
                           for f in (RGB, *unit.inputs) if f in inputs or f == RGB}
+        return {"unit": unit, "t0": t0, "rgb": rgb_members, "images": images, "inputs": inputs, "kept": kept,
+                "ledger_records": ledger_records, "decode_s": time.perf_counter() - t0, "probe": probe}
+
+    def compute(self, state: dict) -> dict:
+        """Run each labeler over the samples it must (re)compute: the model's turn."""
+        unit, images, inputs = state["unit"], state["images"], state["inputs"]
         skip = set(unit.skip_keys)
-        outputs, records, errors = {}, {}, {}
-        recovered = 0
+        state["labelled"] = {}
         for name in unit.labelers:
             lab = self.labelers[name]
             t1 = time.perf_counter()
             wanted = (*lab.requires, *lab.optional_inputs)
-            payloads: dict[str, bytes] = {}
-            if unit.retry_invalid:  # keep the committed valid members; rerun only the invalid ones
-                payloads = {m.key: m.data for m in self.store.read_shard(name, unit.shard) if not m.is_invalid}
-            errs = [{"key": k, "reason": "worker_died",
+            payloads = dict(state["kept"][name])  # retry_invalid: the committed valid members stay
+            errs = [{"key": m.key, "reason": "worker_died",
                      "message": f"{lab.name}: this sample killed the label worker; not retried"}
-                    for k in (m.key for m in rgb_members) if k in skip]
+                    for m in state["rgb"] if m.key in skip]
             samples = [LabelInput(m.key, images[m.key], {f: inputs[f][m.key] for f in wanted
                                                         if f in inputs and m.key in inputs[f]})
-                       for m in rgb_members
-                       if m.key in images and m.key not in skip and m.key not in payloads]
+                       for m in state["rgb"] if m.key in images and m.key not in skip and m.key not in payloads]
             done, run_errs = run_labeler(lab, samples)
             payloads.update((s.key, p) for s, p in zip(samples, done))
-            errs += run_errs
-            if probe is not None:
-                continue
-            if unit.retry_invalid:
-                recovered += sum(1 for s in samples if payloads[s.key])
+            recovered = sum(1 for s in samples if payloads[s.key]) if unit.retry_invalid else 0
+            state["labelled"][name] = (payloads, errs + run_errs, recovered, time.perf_counter() - t1)
+        return state
+
+    def finish(self, state: dict) -> dict:
+        """Encode the tars and commit them, ledger last (nothing for a probe)."""
+        unit, rgb_members = state["unit"], state["rgb"]
+        if state["probe"] is not None:
+            return {"samples": len(state["images"]), "shard": unit.shard, "probe": True}
+        outputs, records, errors = {}, {}, {}
+        for name in unit.labelers:
+            lab = self.labelers[name]
+            payloads, errs, _, compute_s = state["labelled"][name]
+            wanted = (*lab.requires, *lab.optional_inputs)
             outputs[name] = [Member(m.key, lab.extension, payloads.get(m.key, b"")) for m in rgb_members]
-            read = (RGB, *[f for f in wanted if f in inputs])
+            read = (RGB, *[f for f in wanted if f in state["inputs"]])
+            ledger_records = state["ledger_records"]
             records[name] = {
                 "producer": lab.producer(),
                 "inputs": {f: content_hash(ledger_records[f]) for f in read},
@@ -140,15 +156,14 @@ class LabelWorker:
                 "random_weights": bool(self.provenance[name].get("random_weights", False)) or any(
                     (ledger_records.get(f) or {}).get("random_weights", False) for f in read),
                 "device": self.devices[name],
-                "wall_s": round(time.perf_counter() - t1 + decode_s / len(unit.labelers), 4),
+                "wall_s": round(compute_s + state["decode_s"] / len(unit.labelers), 4),
             }
             errors[name] = errs
-        if probe is not None:
-            return {"samples": len(images), "shard": unit.shard, "probe": True}
         self.store.commit_unit(unit.shard, outputs, records, errors)
         return {"samples": len(rgb_members), "shard": unit.shard, "labelers": list(unit.labelers),
-                "invalid": sum(len(e) for e in errors.values()), "recovered": recovered,
-                "wall_s": time.perf_counter() - t0}
+                "invalid": sum(len(e) for e in errors.values()),
+                "recovered": sum(v[2] for v in state["labelled"].values()),
+                "wall_s": time.perf_counter() - state["t0"]}
 
 
 def _device_name(device: str) -> str:
@@ -326,5 +341,8 @@ def _group_resources(group: list[Labeler]) -> dict:
     res = [lab.resources for lab in group]
     # A GPU fraction on a cluster without GPUs would leave the actors pending forever: run on
     # CPU there (the labeler's device falls back to cpu by itself).
-    return {"num_cpus": max(r.num_cpus for r in res),
-            "num_gpus": sum(r.num_gpus for r in res) if cluster_gpus() > 0 else 0.0}
+    num_gpus = sum(r.num_gpus for r in res) if cluster_gpus() > 0 else 0.0
+    # Streaming keeps a device busy while the CPU reads and writes; without one it only adds
+    # threads competing for the actor's CPUs (unless a labeler asks for it).
+    depth = max(r.pipeline_depth for r in res) or (3 if num_gpus > 0 else 1)
+    return {"num_cpus": max(r.num_cpus for r in res), "num_gpus": num_gpus, "pipeline_depth": depth}
