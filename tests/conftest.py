@@ -1,4 +1,4 @@
-"""Shared fixtures: one local Ray session per test run, and small real-photo corpora/roots."""
+"""Shared fixtures: one local Ray session per test run, one torch thread, and small real-photo corpora/roots."""
 
 from __future__ import annotations
 
@@ -27,6 +27,18 @@ def ray_session():
     import ray
 
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module (``pytestmark = pytest.mark.usefixtures(...)``):
+    tiny models on 2 shared cores run ~10x slower with OpenMP hand-offs fighting each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

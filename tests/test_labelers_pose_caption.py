@@ -20,23 +20,14 @@ from model_fixtures_pose_caption import build_blip, build_rtdetr, build_vitpose
 from prism4m.labelers.base import LabelInput, MissingWeightsError
 from prism4m.labelers.registry import make_labeler
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 IMAGES = {"astronaut": skdata.astronaut(), "chelsea": skdata.chelsea(), "coffee": skdata.coffee(),
           "rocket": skdata.rocket(), "camera": np.repeat(skdata.camera()[..., None], 3, axis=2)}
 
 
 def batch_of(*names: str) -> list[LabelInput]:
     return [LabelInput(key=n, image=IMAGES[n]) for n in names]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # tiny models: OpenMP hand-offs cost more than the matmuls (10x slower on a busy 2-core box)
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
