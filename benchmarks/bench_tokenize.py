@@ -1,6 +1,6 @@
 """Tokenize figures: prism4m tokenize vs a bare loop, encoder share, token bytes overhead.
 
-- tokenize_efficiency: samples/s of ``prism4m.tokenizers.tokenize`` with one Ray worker
+- tokenize_efficiency: samples/s of ``prism4m.pipeline.tokenize.tokenize`` with one Ray worker
   (1 CPU, 1 torch thread) ÷ samples/s of a bare single-process loop doing the same work
   (read rgb and crop_settings shards, crop, normalise, batch, encode, write tar shards) with
   1 torch thread, both in this run. Ray's start-up is excluded (``ray_start_s``); the actor's
@@ -45,11 +45,11 @@ BATCH = 64
 def make_tokenizer(out_dir: str) -> str:
     import torch
 
-    from prism4m.tokenizers.specs import get_spec
-    from prism4m.tokenizers.train import TrainConfig, _build
+    from prism4m.modality.specs import get_spec
+    from prism4m.pipeline.tokenizer_training import TokenizerTrainConfig, _build
 
     torch.manual_seed(0)
-    tok = _build(get_spec("rgb"), TrainConfig(size="small", input_size=INPUT_SIZE, codebook_size=8192), 3)
+    tok = _build(get_spec("rgb"), TokenizerTrainConfig(size="small", input_size=INPUT_SIZE, codebook_size=8192), 3)
     tok.card.random_weights = True
     tok.save(out_dir)
     return out_dir
@@ -58,9 +58,9 @@ def make_tokenizer(out_dir: str) -> str:
 def bare_loop(root: str, tok_dir: str, out_dir: Path) -> dict:
     """The tokenize work with no Ray, no ledger, no atomic commit: read, crop, batch, encode, write."""
     from prism4m.contract.store import DatasetStore, build_tar
-    from prism4m.tokenizers.pretokenize import CropBatchEncoder, token_member
+    from prism4m.modality.samples import iter_shard_inputs
+    from prism4m.pipeline.tokenize import CropBatchEncoder, token_member
     from prism4m.tokenizers.registry import load_tokenizer
-    from prism4m.tokenizers.samples import iter_shard_inputs
 
     tok = load_tokenizer(tok_dir)
     store = DatasetStore(root)
@@ -89,7 +89,7 @@ def run(workdir: str) -> dict:
     from prism4m.pipeline.ingest import ingest
     from prism4m.pipeline.ray_env import ensure_ray, set_loopback_env
     from prism4m.contract.store import DatasetStore
-    from prism4m.tokenizers import tokenize
+    from prism4m.pipeline.tokenize import tokenize
 
     set_loopback_env()
     torch.set_num_threads(1)  # the worker gets 1 CPU, hence 1 torch thread: same work, same threads
@@ -134,7 +134,7 @@ def run(workdir: str) -> dict:
     import numpy as np
 
     from prism4m.contract.store import build_tar
-    from prism4m.tokenizers.pretokenize import token_member
+    from prism4m.pipeline.tokenize import token_member
 
     plain_bytes, uniform_bytes, counts = 0, 0, np.zeros(8192, dtype=np.int64)
     rng = np.random.default_rng(0)

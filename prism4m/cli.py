@@ -262,7 +262,7 @@ def tokenizer_train(
 ) -> None:
     """Train a tokenizer on a root's labels; periodic checkpoints, resumable; metrics in its card."""
     from prism4m import api
-    from prism4m.tokenizers import train_tokenizer
+    from prism4m.pipeline.tokenizer_training import train_tokenizer
 
     card = train_tokenizer(root, modality, out, parse_key_values(settings), progress=not quiet,
                            storage_options=_json_opt(storage_options, "--storage-options"))
@@ -285,7 +285,7 @@ def tokenize(
 ) -> None:
     """Crop × label → int16 tokens in tok_<mod>@<res>/ shards; a new tokenizer re-tokenizes, no relabeling."""
     from prism4m import api
-    from prism4m.tokenizers import tokenize as _tokenize
+    from prism4m.pipeline.tokenize import tokenize as _tokenize
 
     from prism4m.contract.store import shard_compression
 
@@ -313,7 +313,7 @@ def export(
     """Write the aligned token dataset in another format (one Parquet row per sample)."""
     if fmt != "parquet":
         raise UserError(f"--format {fmt!r}: only 'parquet' is supported")
-    from prism4m.tokenizers import export_parquet
+    from prism4m.pipeline.export import export_parquet
 
     result = export_parquet(root, out, storage_options=_json_opt(storage_options, "--storage-options"))
     typer.echo(f"export: {result['rows']} rows in {len(result['parts'])} parts; columns: {', '.join(result['columns'])}")
@@ -322,7 +322,7 @@ def export(
 @tokens_app.command("versions")
 def tokens_versions(root: str = root_argument(), storage_options: Optional[str] = STORAGE) -> None:
     """Token folders and their kept versions (card hash, shards)."""
-    from prism4m.tokenizers import token_versions
+    from prism4m.pipeline.tokenize import token_versions
 
     typer.echo(json.dumps(token_versions(root, _json_opt(storage_options, "--storage-options")), indent=2, default=str))
 
@@ -332,7 +332,7 @@ def tokens_select(root: str = root_argument(), folder: str = typer.Argument(...,
                   card_hash: str = typer.Argument(..., help="card hash (or its first 8 characters)"),
                   storage_options: Optional[str] = STORAGE) -> None:
     """Make a kept token version the one in the default folder ml-4m reads."""
-    from prism4m.tokenizers import select_token_version
+    from prism4m.pipeline.tokenize import select_token_version
 
     swapped = select_token_version(root, folder, card_hash, _json_opt(storage_options, "--storage-options"))
     typer.echo(f"selected {folder} {card_hash}: {swapped} shards")

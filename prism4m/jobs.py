@@ -107,14 +107,14 @@ def run_extra_steps(spec: JobSpec, show_progress: bool = True) -> bool:
 
     ok = True
     if spec.tokenizers:
-        from prism4m.tokenizers import train_tokenizer
+        from prism4m.pipeline.tokenizer_training import train_tokenizer
 
         for step in spec.tokenizers:
             card = train_tokenizer(spec.root, step.modality, step.out, step.config, progress=show_progress,
                                    storage_options=spec.storage_options or None)
             print("\n".join(describe_tokenizer(card, step.out)))
     if spec.tokenize:
-        from prism4m.tokenizers import tokenize
+        from prism4m.pipeline.tokenize import tokenize
 
         dirs = spec.tokenize.tokenizers or [t.out for t in spec.tokenizers if t.modality != "text"]
         s = tokenize(spec.root, dirs, workers=spec.tokenize.workers, force=spec.tokenize.force,

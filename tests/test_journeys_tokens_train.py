@@ -23,8 +23,8 @@ import model_fixtures_hf as fx
 from prism4m.cli import app
 from prism4m.errors import UserError
 from prism4m.contract.store import DatasetStore
-from prism4m.tokenizers import train_tokenizer
-from prism4m.tokenizers.pretokenize import make_jobs
+from prism4m.pipeline.tokenize import make_jobs
+from prism4m.pipeline.tokenizer_training import train_tokenizer
 from test_tokenize_sam_instance import label_record
 from tokenize_fixtures import commit_labels, rgb_sizes
 

@@ -300,7 +300,7 @@ def test_tokenizer_reconstructions(report, tmp_path):
     pytest.importorskip("torch")
     try:
         from prism4m.tokenizers.card import TokenizerCard
-        from prism4m.tokenizers.specs import get_spec
+        from prism4m.modality.specs import get_spec
         from prism4m.tokenizers.vq import VQTokenizer, vq_architecture
         from prism4m.tokenizers.base import SIZES
     except ImportError as exc:

@@ -85,7 +85,8 @@ def test_ingest_label_on_faulty_s3_equals_local(s3_server, ray_session, photo_co
     from prism4m.pipeline.label import label
     from prism4m.contract.store import DatasetStore
     from prism4m.labelers.testing import aligned_report
-    from prism4m.tokenizers import tokenize, train_tokenizer
+    from prism4m.pipeline.tokenize import tokenize
+    from prism4m.pipeline.tokenizer_training import train_tokenizer
 
     # Local reference run of the same job.
     local_root = str(tmp_path / "local")
@@ -136,7 +137,7 @@ def test_cli_builds_and_reads_a_dataset_on_s3(s3_server, ray_session, photo_corp
     from prism4m.cli import app
     from prism4m.labelers.testing import aligned_report
     from prism4m.contract.store import DatasetStore
-    from prism4m.tokenizers import train_tokenizer
+    from prism4m.pipeline.tokenizer_training import train_tokenizer
 
     s3_server.make_bucket("clibkt")
     so = s3_server.storage_options()

@@ -13,13 +13,14 @@ import zlib
 import numpy as np
 import pytest
 
-from prism4m.pipeline.store import DatasetStore
-from prism4m.tokenizers import load_tokenizer, tokenize, train_tokenizer
+from prism4m.contract.store import DatasetStore
+from prism4m.modality.poses import pose_vectors
+from prism4m.modality.samples import iter_shard_inputs
+from prism4m.modality.serializers import serialize_human_poses
+from prism4m.pipeline.tokenize import tokenize
+from prism4m.pipeline.tokenizer_training import collect_texts, train_tokenizer
+from prism4m.tokenizers import load_tokenizer
 from prism4m.tokenizers.metrics import keypoint_error
-from prism4m.tokenizers.poses import pose_vectors
-from prism4m.tokenizers.samples import iter_shard_inputs
-from prism4m.tokenizers.serializers import serialize_human_poses
-from prism4m.tokenizers.train import collect_texts
 from tokenize_fixtures import assert_nearest_codes, commit_labels, labelled_copy, rgb_sizes, tokenized_copy
 
 FOLDER = "human_poses@tok"

@@ -16,12 +16,14 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from prism4m.contract.store import DatasetStore
-from prism4m.tokenizers import export_parquet, load_tokenizer, tokenize, train_tokenizer
-from prism4m.tokenizers.instances import MIN_AREA, crop_instances, decode_label, read_member
+from prism4m.modality.instances import MIN_AREA, crop_instances, decode_label, read_member
+from prism4m.modality.samples import iter_shard_inputs
+from prism4m.modality.serializers import serialize_sam_instance
+from prism4m.pipeline.export import export_parquet
+from prism4m.pipeline.tokenize import tokenize
+from prism4m.pipeline.tokenizer_training import collect_texts, train_tokenizer
+from prism4m.tokenizers import load_tokenizer
 from prism4m.tokenizers.metrics import mask_iou
-from prism4m.tokenizers.samples import iter_shard_inputs
-from prism4m.tokenizers.serializers import serialize_sam_instance
-from prism4m.tokenizers.train import collect_texts
 from tokenize_fixtures import commit_labels, labelled_copy, rgb_sizes, tokenized_copy
 
 CROP = 224

@@ -13,10 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from prism4m.pipeline.store import DatasetStore, Member
-from prism4m.tokenizers import export_parquet, load_tokenizer, select_token_version, token_versions, tokenize, train_tokenizer
-from prism4m.tokenizers.pretokenize import make_jobs, plan_tokenize
-from prism4m.tokenizers.samples import iter_shard_inputs
+from prism4m.contract.store import DatasetStore, Member
+from prism4m.modality.samples import iter_shard_inputs
+from prism4m.pipeline.export import export_parquet
+from prism4m.pipeline.tokenize import make_jobs, plan_tokenize, select_token_version, token_versions, tokenize
+from prism4m.pipeline.tokenizer_training import train_tokenizer
+from prism4m.tokenizers import load_tokenizer
 from tokenize_fixtures import assert_nearest_codes
 
 SIZE = 32  # 2x2 tokens: the stage is what is under test, not the model

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prism4m.tokenizers.crops import crop_all, crop_feature_map, crop_raster
-from prism4m.tokenizers.specs import feature_grid, get_spec, normalise
+from prism4m.modality.cropping import crop_all
+from prism4m.modality.rasters import crop_feature_map, crop_raster
+from prism4m.modality.specs import feature_grid, get_spec, normalise
 
 H, W = 60, 90
 ROWS = np.array([[0, 15, 60, 60, 0], [7, 3, 41, 53, 1], [20, 30, 33, 47, 0]], dtype=np.int64)

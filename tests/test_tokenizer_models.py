@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from prism4m.modality.specs import get_spec
 from prism4m.tokenizers.base import SIZES
 from prism4m.tokenizers.card import TokenizerCard
+from prism4m.tokenizers.metrics import codebook_usage
 from prism4m.tokenizers.mlp import MLPTokenizer, mlp_architecture
-from prism4m.tokenizers.quantizer import CosineCodebook, codebook_usage
+from prism4m.tokenizers.quantizer import CosineCodebook
 from prism4m.tokenizers.registry import load_tokenizer
-from prism4m.tokenizers.specs import get_spec
 from prism4m.tokenizers.vq import VQTokenizer, vq_architecture
 
 

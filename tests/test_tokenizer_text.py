@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from prism4m.tokenizers.registry import load_tokenizer
-from prism4m.tokenizers.serializers import (
+from prism4m.modality.serializers import (
     serialize_caption, serialize_color_palette, serialize_det, serialize_human_poses, serialize_metadata,
 )
 from prism4m.tokenizers.text import COCO_CLASSES, LayoutError, WordPieceTokenizer, train_wordpiece

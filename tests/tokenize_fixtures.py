@@ -8,8 +8,8 @@ from typing import Callable
 
 from PIL import Image
 
-from prism4m.pipeline.store import DatasetStore, Member, content_hash
-from prism4m.tokenizers import tokenize
+from prism4m.contract.store import DatasetStore, Member, content_hash
+from prism4m.pipeline.tokenize import tokenize
 
 
 def rgb_sizes(store: DatasetStore, index: int) -> dict[str, tuple[int, int]]:

@@ -21,6 +21,8 @@ TrainType = Literal["img", "seq", "global"]
 
 # ml-4m's text tokenizer: its vocabulary serves every sequence modality (4M_FORMAT.md §3).
 TEXT_VOCAB_SIZE = 30000
+#: a kept token version's folder is ``<folder>~<card hash[:8]>`` (``tok_rgb@224~1a2b3c4d``)
+VERSION_SEP = "~"
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ SEQUENCE_FOLDERS: tuple[str, ...] = tuple(m.name for m in MODALITIES.values() if
 
 def modality(name: str) -> Modality:
     """The table's entry for a folder or token modality name (``tok_rgb@224`` → rgb)."""
-    base = name.split("~")[0].split("@")[0]
+    base = name.split(VERSION_SEP)[0].split("@")[0]
     if base in MODALITIES:
         return MODALITIES[base]
     for m in MODALITIES.values():

@@ -269,6 +269,18 @@ class DatasetStore:
         blobs = self.fs.cat(list(wanted))  # one batched call: concurrent on object stores
         return {wanted[path]: json.loads(blob) for path, blob in blobs.items()}
 
+    def record(self, folder: str, index: int) -> dict | None:
+        """The commit record of one shard of ``folder``; None when it is not committed."""
+        path = self.ledger_path(folder, index)
+        return self.read_json(path) if self.exists(path) else None
+
+    def shard_errors(self, folder: str, index: int) -> list[dict]:
+        """The per-sample error lines of one shard of ``folder`` (none written: [])."""
+        path = self.errors_path(folder, index)
+        if not self.exists(path):
+            return []
+        return [json.loads(line) for line in self.read_bytes(path).decode().splitlines() if line.strip()]
+
     def failed_units(self, folder: str) -> dict[int, dict]:
         base = self.p(ERRORS_DIR, folder, "_failed")
         try:

@@ -34,7 +34,7 @@ def load_tokenizers(dirs: list[str]) -> tuple[list[LoadedTokenizer], list[str]]:
     notes: list[str] = []
     try:
         from prism4m.tokenizers import load_tokenizer
-        from prism4m.tokenizers.specs import get_spec
+        from prism4m.modality.specs import get_spec
     except ImportError as exc:
         return [], [f"tokenizer reconstructions skipped: prism4m.tokenizers is not importable ({exc})"]
     out = []
@@ -43,7 +43,7 @@ def load_tokenizers(dirs: list[str]) -> tuple[list[LoadedTokenizer], list[str]]:
             tok = load_tokenizer(d)
             card = tok.card
             if card.type == "wordpiece":
-                from prism4m.tokenizers.serializers import SERIALIZERS
+                from prism4m.modality.serializers import SERIALIZERS
 
                 folders = tuple(SERIALIZERS)
             else:
@@ -84,7 +84,7 @@ def reconstruct(lt: LoadedTokenizer, folder: str, data: bytes, crops: np.ndarray
     try:
         if getattr(tok.card, "type", "") == "wordpiece":
             return _text_panel(tok, folder, data, crops, image_hw)
-        from prism4m.tokenizers.specs import decode_value
+        from prism4m.modality.specs import decode_value
 
         spec = tok.spec
         value = decode_value(spec, data)
@@ -115,7 +115,7 @@ def _centre_row(hw: tuple[int, int]) -> np.ndarray:
 
 
 def _text_panel(tok, folder: str, data: bytes, crops, image_hw) -> Panel:
-    from prism4m.tokenizers.serializers import SERIALIZERS
+    from prism4m.modality.serializers import SERIALIZERS
 
     text = data.decode("utf-8", "replace")
     if folder in SERIALIZERS:

@@ -1,11 +1,11 @@
 """What VQ and MLP tokenizers share: a torch model, a modality spec, a card, safetensors I/O.
 
 A ``NeuralTokenizer`` turns one sample's label and crop rows into an encoder batch
-(``prepare``: crop → normalise, see crops.py and specs.py), encodes batches to int64 ids
-(``encode``) and decodes ids back to the encoder's input space (``decode``). The tokenize
-stage writes a sample's ids with ``member_bytes`` (``KEY.npy`` int16 ``(n_crops, n_tokens)``;
-a tokenizer whose batch is not one row per crop, such as instances.MaskTokenizer, also
-returns from ``prepare_sample`` what its member needs besides the ids). Architecture
+(``prepare``: crop → normalise, modality.cropping and modality.specs), encodes batches to
+int64 ids (``encode``) and decodes ids back to the encoder's input space (``decode``). The
+tokenize stage writes a sample's ids with ``member_bytes`` (``KEY.npy`` int16 ``(n_crops,
+n_tokens)``; a tokenizer whose batch is not one row per crop, such as mask.MaskTokenizer,
+also returns from ``prepare_sample`` what its member needs besides the ids). Architecture
 hyper-parameters live in the card, weights in ``weights.safetensors``, so ``load`` rebuilds
 the model from the card alone.
 """
@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from prism4m.contract.members import encode_npy
+from prism4m.modality.cropping import crop_all
+from prism4m.modality.specs import TokenSpec, get_spec, normalise
 from prism4m.tokenizers.card import TokenizerCard, join_url, write_card
-from prism4m.tokenizers.crops import crop_all
-from prism4m.tokenizers.specs import ModalitySpec, get_spec, normalise
 
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -43,7 +44,7 @@ class NeuralTokenizer:
 
     def __init__(self, card: TokenizerCard, model: nn.Module, device: str = "cpu"):
         self.card = card
-        self.spec: ModalitySpec = get_spec(card.modality)
+        self.spec: TokenSpec = get_spec(card.modality)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
 
@@ -104,9 +105,7 @@ class NeuralTokenizer:
 
     def member_bytes(self, tokens: np.ndarray, layout: Any = None) -> bytes:
         """One sample's token member: int16 ``(n_crops, n_tokens)`` as ``KEY.npy``."""
-        from prism4m.tokenizers.pretokenize import npy_bytes
-
-        return npy_bytes(tokens)
+        return encode_npy(np.asarray(tokens).astype(np.int16))
 
     def _tensor(self, batch: Any) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(batch)) if not isinstance(batch, torch.Tensor) else batch

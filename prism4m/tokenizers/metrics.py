@@ -1,12 +1,13 @@
-"""Held-out reconstruction metrics by modality kind (recorded in the card)."""
+"""Held-out reconstruction metrics by modality kind, and codebook usage (recorded in the card)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import torch
 
-from prism4m.tokenizers.specs import ModalitySpec, denormalise_unit
+from prism4m.modality.specs import TokenSpec, denormalise_unit
 
 
 def psnr(mse: float, peak: float = 255.0) -> float:
@@ -33,12 +34,12 @@ def mask_iou(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
 
 
 def keypoint_error(x: np.ndarray, recon: np.ndarray) -> float:
-    """Mean distance between keypoints of (N, 17·3) box-relative poses (poses.py), in box sides."""
+    """Mean distance between keypoints of (N, 17·3) box-relative poses (modality.poses), in box sides."""
     a, b = x.reshape(len(x), -1, 3), recon.reshape(len(recon), -1, 3)
     return float(np.hypot(a[..., 0] - b[..., 0], a[..., 1] - b[..., 1]).mean()) if len(a) else 0.0
 
 
-def reconstruction_metrics(spec: ModalitySpec, x: np.ndarray, recon: np.ndarray,
+def reconstruction_metrics(spec: TokenSpec, x: np.ndarray, recon: np.ndarray,
                            stats: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
     """``x`` and ``recon`` in the encoder's input space (class maps: ids; masks: probabilities);
     ``stats``: the standardisation (mean, std), to report poses in box units."""
@@ -63,3 +64,12 @@ def reconstruction_metrics(spec: ModalitySpec, x: np.ndarray, recon: np.ndarray,
         cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-8)
         out["cosine"] = float(cos.mean())
     return out
+
+
+def codebook_usage(ids: torch.Tensor | np.ndarray, num_codes: int) -> dict[str, float]:
+    """Perplexity (exp of the code entropy) and the share of codes used at least once."""
+    counts = torch.bincount(torch.as_tensor(ids).reshape(-1).long(), minlength=num_codes).double()
+    p = counts / counts.sum().clamp(min=1)
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"perplexity": float(entropy.exp()), "usage": float((counts > 0).double().mean()),
+            "codes_used": int((counts > 0).sum()), "num_codes": num_codes}

@@ -95,12 +95,3 @@ class CodebookModel(nn.Module):
 
     def encode_ids(self, x: torch.Tensor) -> torch.Tensor:
         return self.codebook.assign(self.encode_latent(x))
-
-
-def codebook_usage(ids: torch.Tensor | "np.ndarray", num_codes: int) -> dict[str, float]:  # noqa: F821
-    """Perplexity (exp of the code entropy) and the share of codes used at least once."""
-    counts = torch.bincount(torch.as_tensor(ids).reshape(-1).long(), minlength=num_codes).double()
-    p = counts / counts.sum().clamp(min=1)
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return {"perplexity": float(entropy.exp()), "usage": float((counts > 0).double().mean()),
-            "codes_used": int((counts > 0).sum()), "num_codes": num_codes}

@@ -16,9 +16,9 @@ ENTRY_POINT_GROUP = "prism4m.tokenizers"
 
 BUILTIN_TOKENIZERS: dict[str, str] = {
     "vq": "prism4m.tokenizers.vq:VQTokenizer",
-    "vq_mask": "prism4m.tokenizers.instances:MaskTokenizer",
+    "vq_mask": "prism4m.tokenizers.mask:MaskTokenizer",
     "mlp": "prism4m.tokenizers.mlp:MLPTokenizer",
-    "mlp_pose": "prism4m.tokenizers.poses:PoseTokenizer",
+    "mlp_pose": "prism4m.tokenizers.pose:PoseTokenizer",
     "wordpiece": "prism4m.tokenizers.text:WordPieceTokenizer",
 }
 

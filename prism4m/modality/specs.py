@@ -1,31 +1,16 @@
-"""What each tokenizable modality is: where it is stored, how it is decoded and normalised.
+"""How each tokenizable modality becomes encoder input: decoded, normalised (``SPECS``).
 
-One table (``SPECS``) drives training and tokenizing alike, so a modality is read the same
-way in both. Kinds:
-
-- ``image``: an H×W(×C) raster at the rgb/ resolution (rgb jpg, depth 16-bit png, normal
-  8-bit RGB png, canny/sam edges 8-bit L png); cropped, resized (PIL bicubic, as ml-4m),
-  flipped (normals also invert x: ``255 - R``), normalised to roughly [-1, 1].
-- ``classes``: a class-id png (semseg_coco: COCO panoptic ids 0..132, 255 = no class);
-  resized with nearest; ml-4m's ``shift_idx_by_one`` makes 255 → 0 and c → c+1 (134 ids).
-- ``feature``: float16 npy ``(1 + h*w, C)`` from the clip/dinov2 labelers, row 0 the global
-  embedding, rows 1.. the patch map row-major over the region the labeler encoded (the
-  centred square by default; the whole image for clip ``fit: resize``, read from the
-  folder's ledger producer). ``h, w`` are the factorisation of ``h*w`` closest to that
-  region's aspect ratio. The crop row (rgb pixels) is mapped into the region and the map
-  resampled bilinearly to the token grid (crops.py).
-- ``global``: row 0 of those files, one vector per sample (a crop cannot be applied to a
-  global embedding; every crop row gets the same tokens).
-- ``instances``: sam_instance JSON (one COCO RLE per instance at the rgb resolution); every
-  instance that survives a crop becomes one 64×64 binary mask of its box (instances.py).
-  Tokens are per instance, not per crop, and the member is JSON (instances.MaskTokenizer).
-- ``pose``: human_poses JSON (COCO keypoints per person); one vector per person, the
-  keypoints relative to its box (poses.py), the same for every crop row; the member is the
-  record with each person's ``pose_tokenized`` (poses.PoseTokenizer).
+``SPECS`` is built from the contract's modality table (folder, extension, token kind and
+name, vocabulary, tokens, patch size) plus what a tokenizer of each trains with (channels,
+loss, flip, normalisation), so training and tokenizing read a modality the same way. Kinds:
+``image`` (rasters at the rgb/ resolution), ``classes`` (semseg_coco ids, ml-4m's
+``shift_idx_by_one``), ``feature`` (clip/dinov2 ``(1 + h*w, C)`` maps, row 0 global),
+``global`` (row 0 of those), ``instances`` (sam_instance RLEs, instances.py), ``pose``
+(human_poses keypoints, poses.py).
 
 Normalisation (recorded in the card): rgb/normal/edges ``x/127.5 - 1``; depth per crop by
 truncated standardisation (mean/std of the values between the 10th and 90th percentile, as
-ml-4m's DepthTransform); features and global vectors by per-channel mean/std measured on the
+ml-4m's DepthTransform); features, global vectors and poses by per-channel mean/std of the
 training data (stored with the weights); instance masks stay 0/1 (``binary``).
 """
 
@@ -37,11 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
 from prism4m.contract.members import decode_npy
+from prism4m.contract.modalities import MODALITIES, Modality
+from prism4m.modality import instances, poses
 
 
 @dataclass(frozen=True)
-class ModalitySpec:
+class TokenSpec:
     name: str              # the spec's name, as the card's ``modality``
     folder: str            # source folder in the dataset root
     token_name: str        # ml-4m modality name of the tokens (folder gets ``@res`` for grids)
@@ -66,53 +54,52 @@ class ModalitySpec:
         return self.kind in ("instances", "pose")
 
     def token_folder(self, input_size: int) -> str:
-        if self.kind == "global":
-            return self.token_name
-        # poses do not depend on the crop: no resolution, but an "@" so the label folder keeps its name
-        return f"{self.token_name}@tok" if self.kind == "pose" else f"{self.token_name}@{input_size}"
+        return MODALITIES[self.name].token_folder(input_size)
 
 
-SPECS: dict[str, ModalitySpec] = {s.name: s for s in [
-    ModalitySpec("rgb", "rgb", "tok_rgb", "image", "jpg", 3, "mse", default_vocab=16384),
-    ModalitySpec("depth", "depth", "tok_depth", "image", "png", 1, "smooth_l1", normalise="depth_truncated"),
-    ModalitySpec("normal", "normal", "tok_normal", "image", "png", 3, "mse", flip="normal_x"),
-    ModalitySpec("canny_edge", "canny_edge", "tok_canny_edge", "image", "png", 1, "smooth_l1"),
-    ModalitySpec("sam_edge", "sam_edge", "tok_sam_edge", "image", "png", 1, "smooth_l1"),
-    ModalitySpec("semseg_coco", "semseg_coco", "tok_semseg", "classes", "png", 1, "ce",
-                 num_classes=134, normalise="none", default_vocab=4096),
-    ModalitySpec("clip", "clip", "tok_clip", "feature", "npy", 0, "smooth_l1", normalise="standardize"),
-    ModalitySpec("dinov2", "dinov2", "tok_dinov2", "feature", "npy", 0, "smooth_l1", patch_size=14,
-                 normalise="standardize"),
-    ModalitySpec("clip_global", "clip", "tok_clip_global", "global", "npy", 0, "cosine",
-                 normalise="standardize"),
-    ModalitySpec("dinov2_global", "dinov2", "tok_dinov2_global", "global", "npy", 0, "cosine",
-                 normalise="standardize"),
-    # ml-4m's name for the tokens is the label's (`sam_instance`); ours gets the crop side
-    # (`sam_instance@224`) so the label folder keeps its name (DATASET.md)
-    ModalitySpec("sam_instance", "sam_instance", "sam_instance", "instances", "json", 1, "bce",
-                 normalise="binary", default_vocab=1024),
-    ModalitySpec("human_poses", "human_poses", "human_poses", "pose", "json", 51, "smooth_l1",
-                 normalise="standardize", default_vocab=1024, default_tokens=8),
-]}
+#: What a tokenizer of each modality trains with; the rest of its spec is the modality table's.
+#: Tokens inside a text sequence (sam_instance, human_poses) have their own codebook (ml-4m's
+#: sam_mask and pose tokenizers: 1024 codes; 8 ids per person): the table's vocabulary and
+#: token count are the sequence's.
+_TRAINING: dict[str, dict] = {
+    "rgb": {"channels": 3, "loss": "mse"},
+    "depth": {"channels": 1, "loss": "smooth_l1", "normalise": "depth_truncated"},
+    "normal": {"channels": 3, "loss": "mse", "flip": "normal_x"},
+    "canny_edge": {"channels": 1, "loss": "smooth_l1"},
+    "sam_edge": {"channels": 1, "loss": "smooth_l1"},
+    "semseg_coco": {"channels": 1, "loss": "ce", "num_classes": 134, "normalise": "none"},
+    "clip": {"channels": 0, "loss": "smooth_l1", "normalise": "standardize"},
+    "dinov2": {"channels": 0, "loss": "smooth_l1", "normalise": "standardize"},
+    "clip_global": {"channels": 0, "loss": "cosine", "normalise": "standardize"},
+    "dinov2_global": {"channels": 0, "loss": "cosine", "normalise": "standardize"},
+    "sam_instance": {"channels": 1, "loss": "bce", "normalise": "binary", "default_vocab": 1024},
+    "human_poses": {"channels": poses.POSE_CHANNELS, "loss": "smooth_l1", "normalise": "standardize",
+                    "default_vocab": 1024, "default_tokens": 8},
+}
 
 
-def get_spec(name: str) -> ModalitySpec:
+def _spec(m: Modality, training: dict) -> TokenSpec:
+    table = {"default_vocab": m.vocab, "default_tokens": m.tokens or 16} if not m.sequence else {}
+    return TokenSpec(name=m.name, folder=m.label_folder, token_name=m.token_name, kind=m.token_kind, ext=m.ext,
+                     patch_size=m.patch_size, **table, **training)
+
+
+SPECS: dict[str, TokenSpec] = {name: _spec(MODALITIES[name], training) for name, training in _TRAINING.items()}
+
+
+def get_spec(name: str) -> TokenSpec:
     if name not in SPECS:
         raise KeyError(f"no tokenizer spec for modality {name!r}; known: {', '.join(sorted(SPECS))}")
     return SPECS[name]
 
 
-def decode_value(spec: ModalitySpec, data: bytes) -> np.ndarray:
+def decode_value(spec: TokenSpec, data: bytes) -> np.ndarray:
     """Member bytes → array: H×W×C uint8/uint16 rasters, H×W class ids, (N, C) float32 features;
     instances: an instances.InstanceLabel; pose: the human_poses record (dict)."""
     if spec.kind == "instances":
-        from prism4m.tokenizers.instances import decode_label
-
-        return decode_label(data)
+        return instances.decode_label(data)
     if spec.kind == "pose":
-        from prism4m.tokenizers.poses import decode_label as decode_poses
-
-        return decode_poses(data)
+        return poses.decode_label(data)
     if spec.ext == "npy":
         arr = decode_npy(data)
         if arr.ndim != 2:
@@ -148,8 +135,8 @@ def shift_classes(ids: np.ndarray) -> np.ndarray:
     return (ids.astype(np.uint8) + np.uint8(1)).astype(np.int64)
 
 
-def normalise(spec: ModalitySpec, crops: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Crops as produced by crops.py (N, C, S, S) → float32 encoder input (classes: int64 ids)."""
+def normalise(spec: TokenSpec, crops: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Crops as produced by cropping.py (N, C, S, S) → float32 encoder input (classes: int64 ids)."""
     if spec.kind == "classes":
         return shift_classes(crops[:, 0] if crops.ndim == 4 else crops)
     x = crops.astype(np.float32)

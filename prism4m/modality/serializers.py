@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from prism4m.contract.modalities import VERSION_SEP
+from prism4m.labelers.metadata_fields import DET_MIN_SCORE  # the detections metadata counts, too
+
 COORD_MAX = 999
-DET_MIN_SCORE = 0.6
 
 #: 4M-21 metadata fields: name → (v1 id, binning); "div32" and "int" clamp to 0..999,
 #: (lo, hi) makes 50 bins, a list gives manual bin edges.
@@ -216,7 +218,13 @@ TOKEN_FOLDER_SERIALIZERS = {
 }
 
 
+#: The label folders whose members are text sequences (the modality table's sequence folders
+#: that have a label serializer), in the order of the Parquet export's columns and of a text
+#: tokenizer's training corpus.
+SEQUENCE_LABEL_FOLDERS = ("caption", "det", "metadata", "color_palette", "human_poses")
+
+
 def token_sequence_folders(folders: list[str]) -> list[str]:
     """The current token folders among ``folders`` that have a serializer (kept versions
-    ``…~hash``, pretokenize.VERSION_SEP, are not current)."""
-    return [f for f in folders if "@" in f and "~" not in f and f.split("@")[0] in TOKEN_FOLDER_SERIALIZERS]
+    ``…~hash`` are not current)."""
+    return [f for f in folders if "@" in f and VERSION_SEP not in f and f.split("@")[0] in TOKEN_FOLDER_SERIALIZERS]

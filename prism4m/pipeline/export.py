@@ -1,20 +1,8 @@
-"""Parquet export of a dataset root (DATASET.md): one row per sample, one part per shard.
+"""The export stage: a dataset root as Parquet, one row per sample, one part per shard.
 
-``ROOT/_export/parquet/part-%06d.parquet`` (or ``out``) with columns ``key`` (string),
-``shard`` (int32), ``crop_settings`` (list<list<int64>>), one list<list<int16>> column per
-current token folder (named as the folder, e.g. ``tok_rgb@224``; kept versions
-``tok_…~hash`` are not exported) and one string column per sequence modality (``caption``
-as text; det/metadata/color_palette/human_poses and the SAM instance tokens
-``sam_instance@224`` as their JSON text); each text column's field metadata
-``prism4m.ext`` names the member extension it holds (``txt``, ``json``), so a reader (the
-trainer's loader) decodes it as it would the member. Invalid records are
-nulls. Every part has the same schema (a folder not committed for a shard is all-null in
-that part), so ``duckdb.sql("select * from 'ROOT/_export/parquet/*.parquet'")`` and
-``pyarrow.dataset`` read the export as one table. Only committed shards are read; a part is
-written under a temporary name and moved into place, and ``_export.json`` (written last)
-lists the parts, the ledger content hashes they were built from and the exported folders
-that came from random weights, and summarises each exported folder as the manifest does
-(producers with their vocabulary, ``random_weights``), so the export describes itself.
+``ROOT/_export/parquet/part-%06d.parquet`` (or ``out``): key, shard, crop_settings, one
+column per current token folder and one text column per sequence folder; ``_export.json``
+written last describes the export (DATASET.md, "Parquet export").
 """
 
 from __future__ import annotations
@@ -22,17 +10,17 @@ from __future__ import annotations
 import json
 import posixpath
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prism4m.contract.members import decode_npy
 from prism4m.contract.manifest import summarize_folder
+from prism4m.contract.members import decode_npy
+from prism4m.contract.modalities import VERSION_SEP
 from prism4m.contract.store import DatasetStore, content_hash, now_iso
-from prism4m.tokenizers.pretokenize import VERSION_SEP
-from prism4m.tokenizers.serializers import token_sequence_folders
+from prism4m.modality.serializers import SEQUENCE_LABEL_FOLDERS, token_sequence_folders
 
-SEQUENCE_FOLDERS = ("caption", "det", "metadata", "color_palette", "human_poses")
 EXPORT_DIR = "_export/parquet"
 #: the summary written last into the export directory (parts, sources, folders)
 EXPORT_SUMMARY = "_export.json"
@@ -90,14 +78,12 @@ def export_parquet(root: str, out: str | None = None, *, storage_options: dict |
         raise ValueError(f"{store.url}: no shard with committed rgb and crop_settings")
     folders = store.ledger_folders()
     tok_folders = [f for f in folders if f.startswith("tok_") and VERSION_SEP not in f]
-    seq_folders = [f for f in SEQUENCE_FOLDERS if f in folders] + token_sequence_folders(folders)
+    seq_folders = [f for f in SEQUENCE_LABEL_FOLDERS if f in folders] + token_sequence_folders(folders)
     ledgers = {f: store.ledger(f) for f in tok_folders + seq_folders}
     exts = {f: _member_ext(store, f, ledgers[f]) for f in seq_folders}
     if out is None:
         out_fs, out_path = store.fs, store.p(EXPORT_DIR)
     else:
-        import fsspec
-
         out_fs, out_path = fsspec.core.url_to_fs(out, **(storage_options or {}))
     out_fs.makedirs(out_path, exist_ok=True)
     schema = pa.schema([("key", pa.string()), ("shard", pa.int32()), ("crop_settings", pa.list_(pa.list_(pa.int64())))]

@@ -1,27 +1,22 @@
 """Train a tokenizer on a dataset root: ``train_tokenizer(root, modality, out_dir, config)``.
 
 - Data: every crop row of every valid sample of the committed shards of the modality's
-  folder (crops.py, the same code tokenize uses), up to ``max_train_crops`` held in memory.
-  The last committed shard is held out for the card's metrics; a root with one shard holds
-  out its last ``held_out_fraction`` of samples instead.
+  folder (modality.cropping, the same code tokenize uses), up to ``max_train_crops`` held in
+  memory. The last committed shard is held out for the card's metrics; a root with one shard
+  holds out its last ``held_out_fraction`` of samples instead.
 - Bounds: ``steps`` and/or ``max_seconds`` (whichever comes first).
 - Checkpoints: ``OUT/_checkpoint/`` (weights, optimizer, step) every ``checkpoint_every_s``
   seconds and at the end. A re-run with the same config resumes from it; batches are drawn
   from an RNG keyed on (seed, step), so a resumed run sees the batches it would have seen.
   A finished directory whose card has the same config hash is returned as is.
-- Card: held-out reconstruction metrics (metrics.py) and codebook usage (perplexity, share
-  of codes used), the training data (root, shards, crops) and the config hash.
+- Card: held-out reconstruction metrics and codebook usage (tokenizers.metrics), the
+  training data (root, shards, crops) and the config hash.
 
-Text (``modality="text"``): a WordPiece tokenizer in ml-4m's layout (text.py) learned on the
-captions and the serialised det/metadata/color_palette/human_poses members (and SAM instance
-tokens, once tokenized).
-
-SAM instances (``modality="sam_instance"``): the VQ model on the 64×64 masks of every
-instance kept in every crop (instances.py), binary cross-entropy; ``input_size`` is the crop
-side the boxes are measured in (224), the card's metrics are the held-out masks' mean IoU.
-
-Human poses (``modality="human_poses"``): the MLP model on every person's box-relative
-keypoints (poses.py), 8 tokens; metrics include the held-out keypoint error in box sides.
+Text (``modality="text"``): a WordPiece tokenizer in ml-4m's layout (tokenizers.text) learned
+on the serialised sequence members (and SAM instance / pose tokens, once tokenized). SAM
+instances: the mask VQ model on the 64×64 masks of every instance kept in every crop, binary
+cross-entropy, metrics the held-out mean IoU. Human poses: the MLP model on every person's
+box-relative keypoints, 8 tokens, metrics include the held-out keypoint error in box sides.
 """
 
 from __future__ import annotations
@@ -39,28 +34,31 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from prism4m.errors import UserError, describe_validation_error
-from prism4m.pipeline.progress import Progress
+from prism4m.contract.modalities import TEXT_VOCAB_SIZE
 from prism4m.contract.store import DatasetStore, now_iso
+from prism4m.errors import UserError, describe_validation_error
+from prism4m.modality.cropping import crop_all
+from prism4m.modality.instances import CONTOUR_EPSILON, MASK_SIZE, MIN_AREA
+from prism4m.modality.samples import iter_shard_inputs, rgb_hw
+from prism4m.modality.serializers import (SEQUENCE_LABEL_FOLDERS, SERIALIZERS, TOKEN_FOLDER_SERIALIZERS,
+                                          token_sequence_folders)
+from prism4m.modality.specs import SPECS, TokenSpec, get_spec, normalise
+from prism4m.pipeline.progress import Progress
 from prism4m.tokenizers.base import SIZES, NeuralTokenizer
 from prism4m.tokenizers.card import MAX_VOCAB, TokenizerCard, config_hash, read_card
-from prism4m.tokenizers.crops import crop_all
-from prism4m.tokenizers.instances import CONTOUR_EPSILON, MASK_SIZE, MIN_AREA, MaskTokenizer
-from prism4m.tokenizers.metrics import reconstruction_metrics
+from prism4m.tokenizers.mask import MaskTokenizer
+from prism4m.tokenizers.metrics import codebook_usage, reconstruction_metrics
 from prism4m.tokenizers.mlp import MLPTokenizer, mlp_architecture
-from prism4m.tokenizers.poses import PoseTokenizer
-from prism4m.tokenizers.quantizer import codebook_usage
-from prism4m.tokenizers.samples import iter_shard_inputs
-from prism4m.tokenizers.specs import SPECS, ModalitySpec, get_spec, normalise
+from prism4m.tokenizers.pose import PoseTokenizer
+from prism4m.tokenizers.text import NUM_SENTINELS, WordPieceTokenizer, fixed_tokens, train_wordpiece
 from prism4m.tokenizers.vq import VQTokenizer, vq_architecture
 
 CHECKPOINT_DIR = "_checkpoint"
-TEXT_FOLDERS = ("caption", "det", "metadata", "color_palette", "human_poses")
 #: ml-4m writes an instance's or a pose's token t as v0=t (t < 512) or v1=t-512, and v1 stops at 999
 SEQUENCE_MAX_VOCAB = 512 + 1000
 
 
-class TrainConfig(BaseModel):
+class TokenizerTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     size: str = Field("tiny", description="architecture preset: tiny | small | base")
@@ -80,7 +78,7 @@ class TrainConfig(BaseModel):
     held_out_fraction: float = Field(0.1, gt=0, lt=1, description="single-shard roots only")
     checkpoint_every_s: float = Field(60.0, gt=0)
     seed: int = 0
-    vocab_size: int = Field(30000, description="WordPiece vocabulary (text)")
+    vocab_size: int = Field(TEXT_VOCAB_SIZE, description="WordPiece vocabulary (text)")
     min_frequency: int = Field(2, ge=1, description="WordPiece pair frequency floor (text)")
 
     @field_validator("size")
@@ -93,8 +91,6 @@ class TrainConfig(BaseModel):
     @field_validator("vocab_size")
     @classmethod
     def _room_for_words(cls, v: int) -> int:
-        from prism4m.tokenizers.text import fixed_tokens
-
         fixed = len(fixed_tokens())
         if v <= fixed:
             raise ValueError(f"must exceed the {fixed} fixed tokens of ml-4m's text layout (specials, "
@@ -109,17 +105,17 @@ class TrainConfig(BaseModel):
         return v
 
 
-def parse_config(config: "TrainConfig | dict | None") -> "TrainConfig":
-    """A TrainConfig from a mapping, or a UserError naming the bad setting in prism4m's words."""
-    if isinstance(config, TrainConfig):
+def parse_config(config: "TokenizerTrainConfig | dict | None") -> "TokenizerTrainConfig":
+    """A TokenizerTrainConfig from a mapping, or a UserError naming the bad setting in prism4m's words."""
+    if isinstance(config, TokenizerTrainConfig):
         return config
     try:
-        return TrainConfig.model_validate(config or {})
+        return TokenizerTrainConfig.model_validate(config or {})
     except ValidationError as exc:
         raise UserError(f"tokenizer settings: {describe_validation_error(exc, '')}") from None
 
 
-def check_settings(spec: ModalitySpec, cfg: TrainConfig) -> None:
+def check_settings(spec: TokenSpec, cfg: TokenizerTrainConfig) -> None:
     """Refuse settings this modality's tokenizer cannot have, before any data is read."""
     vocab = cfg.codebook_size or spec.default_vocab
     if spec.in_sequence and vocab > SEQUENCE_MAX_VOCAB:
@@ -142,7 +138,7 @@ def _split_shards(store: DatasetStore, folder: str) -> tuple[list[int], list[int
     return committed[:-1], committed[-1:]
 
 
-def collect_crops(store: DatasetStore, spec: ModalitySpec, shards: list[int], input_size: int,
+def collect_crops(store: DatasetStore, spec: TokenSpec, shards: list[int], input_size: int,
                   limit: int, part: slice = slice(None)) -> tuple[np.ndarray, int]:
     """Un-normalised crops of every row of every valid sample (``part`` of each shard's samples)."""
     out: list[np.ndarray] = []
@@ -173,7 +169,7 @@ def _holdout_slices(store, spec, train, held, frac):
 
 
 # ---------------------------------------------------------------------------------- model
-def _loss(spec: ModalitySpec, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _loss(spec: TokenSpec, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if spec.loss == "ce":
         return F.cross_entropy(recon, x.long())
     if spec.loss == "smooth_l1":
@@ -185,11 +181,11 @@ def _loss(spec: ModalitySpec, recon: torch.Tensor, x: torch.Tensor) -> torch.Ten
     return F.mse_loss(recon, x)
 
 
-def _build(spec: ModalitySpec, cfg: TrainConfig, channels: int) -> NeuralTokenizer:
+def _build(spec: TokenSpec, cfg: TokenizerTrainConfig, channels: int) -> NeuralTokenizer:
     size = SIZES[cfg.size]
     vocab = cfg.codebook_size or spec.default_vocab
     check_settings(spec, cfg)
-    # tokens per instance / person, not per crop: the card has no n_tokens (see pretokenize's producer)
+    # tokens per instance / person, not per crop: the card has no n_tokens (see the tokenize stage's producer)
     per_crop = not spec.in_sequence
     if spec.kind in ("global", "pose"):
         n = cfg.n_tokens or spec.default_tokens
@@ -208,7 +204,7 @@ def _build(spec: ModalitySpec, cfg: TrainConfig, channels: int) -> NeuralTokeniz
     return cls.create(card)
 
 
-def _normalisation(spec: ModalitySpec) -> dict[str, Any]:
+def _normalisation(spec: TokenSpec) -> dict[str, Any]:
     return {
         "unit": {"kind": "unit", "formula": "x / 127.5 - 1"},
         "depth_truncated": {"kind": "depth_truncated", "percentiles": [10, 90], "per": "crop"},
@@ -259,9 +255,9 @@ def _finished_card(out_dir: str, chash: str) -> TokenizerCard | None:
 
 
 # ---------------------------------------------------------------------------------- entry point
-def train_tokenizer(root: str, modality: str, out_dir: str, config: TrainConfig | dict | None = None,
+def train_tokenizer(root: str, modality: str, out_dir: str, config: TokenizerTrainConfig | dict | None = None,
                     *, progress: bool = True, storage_options: dict | None = None) -> TokenizerCard:
-    """Train a tokenizer for ``modality`` (a name in specs.SPECS, or "text") on ``root``.
+    """Train a tokenizer for ``modality`` (a name in modality.specs.SPECS, or "text") on ``root``.
 
     Writes ``out_dir/card.json`` + weights and returns the card. Resumes from
     ``out_dir/_checkpoint`` when the config is unchanged; returns at once if finished.
@@ -287,7 +283,7 @@ def random_weight_folders(store: DatasetStore, folders: list[str], shards: list[
     return [f for f in folders if any(rec.get("random_weights") for i, rec in store.ledger(f).items() if i in shards)]
 
 
-def _train_neural(store: DatasetStore, modality: str, out_dir: str, cfg: TrainConfig,
+def _train_neural(store: DatasetStore, modality: str, out_dir: str, cfg: TokenizerTrainConfig,
                   progress: bool) -> TokenizerCard:
     spec = get_spec(modality)
     check_settings(spec, cfg)
@@ -366,24 +362,18 @@ def _train_neural(store: DatasetStore, modality: str, out_dir: str, cfg: TrainCo
 def text_folders(store: DatasetStore) -> list[str]:
     """The sequence folders, plus the token folders that become sequences (``sam_instance@224``,
     whose sequences need the words ``point``, ``polygon`` and ``none``)."""
-    from prism4m.tokenizers.serializers import token_sequence_folders
-
-    return list(TEXT_FOLDERS) + token_sequence_folders(store.ledger_folders())
+    return list(SEQUENCE_LABEL_FOLDERS) + token_sequence_folders(store.ledger_folders())
 
 
 def collect_texts(store: DatasetStore, shards: list[int] | None = None) -> list[str]:
     """Captions and serialised sequence members of the committed shards (deterministic order)."""
-    from prism4m.tokenizers.serializers import SERIALIZERS, TOKEN_FOLDER_SERIALIZERS
-
     texts = []
     for folder in text_folders(store):
         ledger = store.ledger(folder)
         for index in sorted(ledger) if shards is None else [i for i in shards if i in ledger]:
             hw = {}
             if folder in ("det", "human_poses"):
-                from prism4m.tokenizers.samples import _image_hw
-
-                hw = {m.key: _image_hw(m.data) for m in store.iter_shard("rgb", index) if not m.is_invalid}
+                hw = {m.key: rgb_hw(m.data) for m in store.iter_shard("rgb", index) if not m.is_invalid}
             rng = np.random.default_rng(index)
             for m in store.iter_shard(folder, index):
                 if m.is_invalid:
@@ -399,9 +389,7 @@ def collect_texts(store: DatasetStore, shards: list[int] | None = None) -> list[
     return texts
 
 
-def _train_text(store: DatasetStore, out_dir: str, cfg: TrainConfig) -> TokenizerCard:
-    from prism4m.tokenizers.text import WordPieceTokenizer, train_wordpiece
-
+def _train_text(store: DatasetStore, out_dir: str, cfg: TokenizerTrainConfig) -> TokenizerCard:
     # Every sequence folder counts (a root may have palettes and metadata but no captions).
     shards = sorted(set().union(*(store.ledger(f) for f in text_folders(store))))
     held = shards[-1:] if len(shards) > 1 else []
@@ -414,7 +402,7 @@ def _train_text(store: DatasetStore, out_dir: str, cfg: TrainConfig) -> Tokenize
     texts = collect_texts(store, train)
     if not texts:
         raise UserError(f"{store.url}: no caption or sequence member to train a text tokenizer on "
-                        f"(label one of {', '.join(TEXT_FOLDERS)} first)")
+                        f"(label one of {', '.join(SEQUENCE_LABEL_FOLDERS)} first)")
     tok = WordPieceTokenizer(train_wordpiece(texts, cfg.vocab_size, min_frequency=cfg.min_frequency))
     held_texts = collect_texts(store, held) if held else texts[-max(1, len(texts) // 10):]
     enc = tok.encode_batch(held_texts)
@@ -422,7 +410,7 @@ def _train_text(store: DatasetStore, out_dir: str, cfg: TrainConfig) -> Tokenize
     words = sum(len(t.split()) for t in held_texts)
     card = TokenizerCard(type="wordpiece", modality="text", vocab_size=tok.vocab_size,
                          normalisation={"normalizer": "BertNormalizer(lowercase=True)", "pre_tokenizer": "Bert"},
-                         architecture={"model": "WordPiece", "layout": "ml-4m", "num_sentinels": 200})
+                         architecture={"model": "WordPiece", "layout": "ml-4m", "num_sentinels": NUM_SENTINELS})
     card.metrics = {"held_out": {"unk_rate": sum(e.count(1) for e in enc) / max(1, n_tok),
                                  "tokens_per_word": n_tok / max(1, words), "texts": len(held_texts)}}
     rw = random_weight_folders(store, text_folders(store), shards)

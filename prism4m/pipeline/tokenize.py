@@ -1,56 +1,40 @@
 """The tokenize stage: crops × labels → ``tok_<mod>@<res>/shard-%06d.tar`` on Ray actors.
 
 For every committed rgb shard and every tokenizer, each sample's label is cut with each of
-its crop_settings rows (crops.py), normalised (specs.py) and encoded in batches; the member
-``KEY.npy`` holds int16 ``(n_crops, n_tokens)``, keys and order those of rgb/ (SAM instances:
-``sam_instance@224/KEY.json``, per crop each instance's box and tokens, instances.py; poses:
-``human_poses@tok/KEY.json``, the labels with each person's tokens, poses.py). A sample whose
-label is an invalid record (or fails to decode) gets a zero-byte member and an error line
-(reason ``input_invalid`` / ``decode_error``), as DATASET.md requires. Units are shards; one
-actor runs all tokenizers of a shard, reading rgb/ and crop_settings/ once, and commits all
-their folders with one ``DatasetStore.commit_unit``.
-
-Provenance and resume. Each token shard's ledger producer is
-``{"kind": "tokenizer", "name": <folder>, "type", "modality", "card_hash", "vocab_size",
-"n_tokens", "code_version", "version"}`` and its ``inputs`` the content hashes of the rgb,
-crop_settings and label shards it read. A committed shard is skipped when both match; a
-different tokenizer (another card hash) or a relabeled input makes it stale, and tokenize
-recomputes it — no labeler runs. ``force=True`` recomputes everything. A record says
-``random_weights: true`` when its tokenizer is untrained or trained on random-weight labels
-(card.py) or when any record it read says so (a label from a random-weight model), so
-``prism4m status``, the manifest and the trainer flag the tokens.
-
-Token versions. The default folder (``card.token_folder``: ``tok_rgb@224``,
-``tok_semseg@224``, ``tok_dinov2_global`` …) is what ml-4m reads and always holds the tokens
-of the tokenizer last run. When a shard is re-tokenized by a tokenizer with another card
-hash, the shard it replaces is kept, in the same commit, as ``<folder>~<old card_hash[:8]>``
-(e.g. ``tok_rgb@224~1a2b3c4d``) with its original ledger producer, so earlier versions stay
-readable (point a loader at that folder; ml-4m: ``modality_name_map``) and selectable:
-``select_token_version(root, "tok_rgb@224", card_hash)`` makes a kept version the default
-again (the displaced one is kept in turn), and running tokenize with a tokenizer whose tokens
-are kept copies them back instead of re-encoding. ``token_versions(root)`` lists them.
-``folders={tokenizer_dir: "name"}`` writes a tokenizer to a folder of your choice instead.
+its crop_settings rows, normalised and encoded in batches (the tokenizer's ``prepare_sample``
+and ``encode``); members, provenance, resume and kept token versions are as DATASET.md
+("Token shards") says. Units are shards; one actor runs all tokenizers of a shard, reading
+rgb/ and crop_settings/ once, and commits all their folders with one
+``DatasetStore.commit_unit``.
 """
 
 from __future__ import annotations
 
-import io
+import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+from pydantic import ValidationError
 
 from prism4m import __version__
-from prism4m.errors import UserError
-from prism4m.pipeline.execute import RunReport, run_units
-from prism4m.pipeline.progress import Progress
+from prism4m.contract.manifest import update_manifest
+from prism4m.contract.members import encode_npy
+from prism4m.contract.modalities import VERSION_SEP
 from prism4m.contract.store import (DatasetStore, Member, absolute_url, content_hash, producer_hash,
                                     shard_compression)
+from prism4m.errors import UserError, describe_validation_error
+from prism4m.modality.samples import iter_shard_inputs
+from prism4m.modality.specs import SPECS
+from prism4m.pipeline.execute import RunReport, run_units
+from prism4m.pipeline.progress import Progress
+from prism4m.pipeline.ray_env import ensure_ray
+from prism4m.tokenizers.card import CARD_FILE, MAX_VOCAB, read_card
+from prism4m.tokenizers.registry import load_tokenizer
 
 #: bump when the same tokenizer would write different tokens (crop/normalise code changes)
 TOKENIZE_VERSION = "1"
-VERSION_SEP = "~"
 INPUT_FOLDERS = ("rgb", "crop_settings")
 
 
@@ -152,26 +136,18 @@ class CropBatchEncoder:
         self._n = 0
 
 
-def npy_bytes(tokens: np.ndarray) -> bytes:
-    """Token ids as ``KEY.npy`` int16 (no pickle)."""
-    out = io.BytesIO()
-    np.save(out, np.asarray(tokens).astype(np.int16), allow_pickle=False)
-    return out.getvalue()
-
-
 def token_member(key: str, tokens: np.ndarray | None, tok=None, layout=None) -> Member:
     """The tokenizer's member (default KEY.npy int16 (n_crops, n_tokens)); zero bytes when the
     input was invalid. ``layout``: what ``tok.prepare_sample`` returned besides the inputs."""
     ext = tok.member_ext if tok is not None else "npy"
     if tokens is None:
         return Member(key, ext, b"")
-    return Member(key, ext, tok.member_bytes(tokens, layout) if tok is not None else npy_bytes(tokens))
+    data = tok.member_bytes(tokens, layout) if tok is not None else encode_npy(np.asarray(tokens).astype(np.int16))
+    return Member(key, ext, data)
 
 
 def _encode_shard(store: DatasetStore, tok, index: int, batch_size: int, cache: dict) -> tuple[list[Member], list[dict], float]:
     """Token members of one shard for one tokenizer, plus error lines and encoder seconds."""
-    from prism4m.tokenizers.samples import iter_shard_inputs
-
     keys: list[str] = []
     errors: list[dict] = []
     layouts: dict[str, object] = {}
@@ -204,9 +180,7 @@ class TokenizeWorker:
         self.tokenizers: list = []
 
     def ready(self) -> bool:
-        import torch
-
-        from prism4m.tokenizers.registry import load_tokenizer
+        import torch  # in the actor only: the driver never loads a model
 
         torch.set_num_threads(max(1, self.threads))
         self.tokenizers = [load_tokenizer(j.url) for j in self.jobs]
@@ -226,20 +200,20 @@ class TokenizeWorker:
             job, tok = self.jobs[j], self.tokenizers[j]
             src = inputs_rec.get(job.source_folder) or store.read_json(store.ledger_path(job.source_folder, index))
             inputs = {f: content_hash(r) for f, r in {**inputs_rec, job.source_folder: src}.items()}
-            old = _read_record(store, job.folder, index)
+            old = store.record(job.folder, index)
             if old is not None and old.get("producer", {}).get("card_hash") != job.producer["card_hash"] \
                     and old.get("producer", {}).get("kind") == "tokenizer":
                 keep = version_folder(job.folder, old["producer"]["card_hash"])
-                if _read_record(store, keep, index) is None or \
-                        _read_record(store, keep, index).get("producer_hash") != old.get("producer_hash"):
+                if store.record(keep, index) is None or \
+                        store.record(keep, index).get("producer_hash") != old.get("producer_hash"):
                     outputs[keep] = store.read_shard(job.folder, index)
                     records[keep] = _carried_record(old)
-                    errors[keep] = _read_errors(store, job.folder, index)
-            kept = _read_record(store, version_folder(job.folder, job.producer["card_hash"]), index)
+                    errors[keep] = store.shard_errors(job.folder, index)
+            kept = store.record(version_folder(job.folder, job.producer["card_hash"]), index)
             if kept is not None and kept.get("producer_hash") == job.producer_hash and kept.get("inputs") == inputs:
                 # this tokenizer's tokens were kept when it was replaced: restore, don't re-encode
                 vf = version_folder(job.folder, job.producer["card_hash"])
-                members, errs = store.read_shard(vf, index), _read_errors(store, vf, index)
+                members, errs = store.read_shard(vf, index), store.shard_errors(vf, index)
             else:
                 members, errs, secs = _encode_shard(store, tok, index, self.batch_size, cache)
                 encode_s += secs
@@ -259,25 +233,8 @@ class TokenizeWorker:
                 "encode_s": encode_s, "wall_s": time.perf_counter() - t0}
 
 
-def _read_record(store: DatasetStore, folder: str, index: int) -> dict | None:
-    path = store.ledger_path(folder, index)
-    return store.read_json(path) if store.exists(path) else None
-
-
-def _read_errors(store: DatasetStore, folder: str, index: int) -> list[dict]:
-    import json
-
-    path = store.errors_path(folder, index)
-    if not store.exists(path):
-        return []
-    return [json.loads(line) for line in store.read_bytes(path).decode().splitlines() if line.strip()]
-
-
 def make_jobs(tokenizer_dirs: list[str], folders: dict[str, str] | None = None) -> list[TokenizeJob]:
     """Read each card (no weights) and decide the output folder and producer."""
-    from prism4m.tokenizers.card import MAX_VOCAB
-    from prism4m.tokenizers.specs import SPECS
-
     jobs = []
     for given in tokenizer_dirs:
         url = absolute_url(given)  # workers load it: a relative dir means nothing in their cwd
@@ -302,13 +259,6 @@ def make_jobs(tokenizer_dirs: list[str], folders: dict[str, str] | None = None) 
 
 def read_tokenizer_card(url: str):
     """A tokenizer directory's card, or a UserError naming the directory and what is wrong."""
-    import json
-
-    from pydantic import ValidationError
-
-    from prism4m.errors import describe_validation_error
-    from prism4m.tokenizers.card import CARD_FILE, read_card
-
     try:
         return read_card(url)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -362,7 +312,7 @@ def tokenize(root: str, tokenizer_dirs: list[str] | str, *, workers: int | None 
     random-access tools).
 
     Skips shards whose ledger matches the tokenizer's card hash and the inputs read; a
-    different tokenizer re-tokenizes (keeping the replaced tokens, see module docstring).
+    different tokenizer re-tokenizes (keeping the replaced tokens: DATASET.md, "Token versions").
     ``workers`` actors (default: cluster CPUs ÷ ``num_cpus``), each with ``num_cpus`` CPUs
     and as many torch threads. Returns a summary; failed shards are in ``summary.failures``.
     """
@@ -374,8 +324,6 @@ def tokenize(root: str, tokenizer_dirs: list[str] | str, *, workers: int | None 
     jobs = make_jobs([str(d) for d in tokenizer_dirs], folders)
     units, summary = plan_tokenize(store, jobs, force=force)
     if units:
-        from prism4m.pipeline.ray_env import ensure_ray
-
         ensure_ray(ray_address)
 
         def on_failure(unit: TokenizeUnit, reason: str, message: str) -> None:
@@ -386,8 +334,6 @@ def tokenize(root: str, tokenizer_dirs: list[str] | str, *, workers: int | None 
             units, TokenizeWorker, (store, jobs, batch_size, int(max(1, num_cpus)), compression), workers=workers,
             num_cpus=num_cpus, max_retries=max_retries, on_failure=on_failure,
             progress=Progress("tokenize " + "+".join(j.folder for j in jobs), len(units), enabled=show_progress))
-    from prism4m.contract.manifest import update_manifest
-
     update_manifest(store)
     summary.wall_s = time.perf_counter() - t0
     return summary
@@ -422,15 +368,13 @@ def select_token_version(root: str, folder: str, card_hash: str, storage_options
             continue
         outputs = {folder: store.read_shard(kept_folder, index)}
         records = {folder: _carried_record(rec)}
-        errors = {folder: _read_errors(store, kept_folder, index)}
+        errors = {folder: store.shard_errors(kept_folder, index)}
         if cur is not None and cur["producer"].get("kind") == "tokenizer":
             back = version_folder(folder, cur["producer"]["card_hash"])
             outputs[back] = store.read_shard(folder, index)
             records[back] = _carried_record(cur)
-            errors[back] = _read_errors(store, folder, index)
+            errors[back] = store.shard_errors(folder, index)
         store.commit_unit(index, outputs, records, errors)
         swapped += 1
-    from prism4m.contract.manifest import update_manifest
-
     update_manifest(store)
     return swapped

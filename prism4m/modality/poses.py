@@ -9,22 +9,22 @@ next to the tokens, so the same pose gets the same tokens wherever and however l
 person is. Poses do not depend on the crop (ml-4m does not flip them either): a person has
 one set of ids for every crop row.
 
-``PoseTokenizer`` (the MLP tokenizer of mlp.py, standardised inputs, 8 tokens by default)
-writes ``human_poses@tok/KEY.json``: the label record with ``pose_tokenized`` added to each
-person plus the rgb ``height``/``width``, which is all serializers.serialize_human_poses
-needs to write ml-4m's sequence (its ``pose`` group) at load time.
+The pose tokenizer (tokenizers.pose.PoseTokenizer: the MLP tokenizer, standardised inputs,
+8 tokens by default) writes ``human_poses@tok/KEY.json`` (``member_bytes``): the label
+record with ``pose_tokenized`` added to each person plus the rgb ``height``/``width``,
+which is all serializers.serialize_human_poses needs to write ml-4m's sequence (its
+``pose`` group) at load time.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import numpy as np
 
-from prism4m.tokenizers.mlp import MLPTokenizer
+from prism4m.contract.members import encode_json
+from prism4m.labelers.human_poses import COCO_KEYPOINTS
 
-COCO_KEYPOINTS = 17
 #: inputs of the pose MLP: 17 × (x, y, score)
 POSE_CHANNELS = 3 * COCO_KEYPOINTS
 
@@ -58,19 +58,4 @@ def member_bytes(record: dict, image_hw: tuple[int, int], tokens: np.ndarray) ->
         raise ValueError(f"{len(tokens)} token rows for {len(persons)} persons")
     doc = {"height": int(image_hw[0]), "width": int(image_hw[1]),
            "persons": [{**p, "pose_tokenized": [int(t) for t in ids]} for p, ids in zip(persons, tokens)]}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-
-
-class PoseTokenizer(MLPTokenizer):
-    """The MLP tokenizer on box-normalised keypoints; members are enriched pose records."""
-
-    type = "mlp_pose"
-    member_ext = "json"
-
-    def prepare_sample(self, value: dict, rows: np.ndarray, image_hw: tuple[int, int],
-                       region=None) -> tuple[np.ndarray, Any]:
-        return self.prepare(value, rows, image_hw, region), (value, image_hw)
-
-    def member_bytes(self, tokens: np.ndarray, layout: tuple[dict, tuple[int, int]]) -> bytes:
-        record, image_hw = layout
-        return member_bytes(record, image_hw, tokens)
+    return encode_json(doc)

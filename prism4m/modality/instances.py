@@ -2,21 +2,21 @@
 
 The ``sam_instance`` label (DATASET.md) holds one COCO RLE per instance at the rgb
 resolution. For every crop_settings row each instance mask is cut exactly like the rgb
-image (crops.crop_raster: crop → resize to the crop side, bilinear, kept where ≥ 0.5 →
+image (rasters.crop_raster: crop → resize to the crop side, bilinear, kept where ≥ 0.5 →
 optional flip). An instance that leaves the crop, or keeps fewer than ``min_area`` pixels
 of it, is dropped. A survivor gets:
 
 - ``bbox``: ml-4m's ``[ymin, xmin, ymax, xmax]`` in crop pixels, max exclusive (ml-4m's
   decoder pastes the mask into ``[ymin:ymax, xmin:xmax]``);
 - a ``mask_size``² binary mask: the box's contents resized (bilinear, ≥ 0.5), the input of
-  the mask tokenizer (a VQ-VAE, vq.VQModel with ``binary=True``: 16 tokens per instance);
+  the mask tokenizer (tokenizers.mask.MaskTokenizer, a VQ-VAE: 16 tokens per instance);
 - ``points``: its largest outer contour as ``[x, y]`` crop pixels (cv2, simplified to 1 px),
   which ml-4m's sequence uses to answer "which instances contain this point"
   (serializers.serialize_sam_instance).
 
-``MaskTokenizer`` writes one ``KEY.json`` per sample (``member_bytes``; layout in
-DATASET.md) instead of ml-4m's pickled object array (no pickle on read); ``read_member``
-turns it back into ml-4m's in-memory layout.
+The token member is one ``KEY.json`` per sample (``member_bytes``; layout in DATASET.md)
+instead of ml-4m's pickled object array (no pickle on read); ``read_member`` turns it back
+into ml-4m's in-memory layout.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from prism4m.tokenizers.crops import crop_raster
-from prism4m.tokenizers.specs import normalise
-from prism4m.tokenizers.vq import VQTokenizer
+from prism4m.contract.members import encode_json
+from prism4m.modality.rasters import crop_raster
 
 #: side of the mask fed to the tokenizer (ml-4m's sam_mask tokenizer: 64, patch 16 → 4×4 tokens)
 MASK_SIZE = 64
@@ -152,7 +151,7 @@ def member_bytes(inst: CropInstances, tokens: np.ndarray, crop_size: int, tokens
         at += n
     doc = {"format": MEMBER_FORMAT, "crop_size": int(crop_size), "tokens_per_instance": int(tokens_per_instance),
            "crops": crops}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return encode_json(doc)
 
 
 def read_member(data: bytes) -> list[dict[str, Any]]:
@@ -169,32 +168,3 @@ def read_member(data: bytes) -> list[dict[str, Any]]:
                     "bbox": np.asarray(crop["bbox"], dtype=np.int32).reshape(n, 4),
                     "points": [[np.asarray(p, dtype=np.int32).reshape(-1, 1, 2)] for p in crop["points"]]})
     return out
-
-
-# ---------------------------------------------------------------------------------- tokenizer
-class MaskTokenizer(VQTokenizer):
-    """The VQ tokenizer on instance masks; its members list each crop's instances (KEY.json)."""
-
-    type = "vq_mask"
-    member_ext = "json"
-
-    @property
-    def mask_size(self) -> int:
-        arch = self.card.architecture
-        return int(arch["grid"]) * int(arch["patch"])
-
-    @property
-    def min_area(self) -> int:
-        return int(self.card.normalisation.get("min_area_px", MIN_AREA))
-
-    def prepare_sample(self, value: InstanceLabel, rows: np.ndarray, image_hw: tuple[int, int],
-                       region=None) -> tuple[np.ndarray, CropInstances]:
-        inst = crop_instances(value, rows, self.card.input_size, self.mask_size, self.min_area)
-        return normalise(self.spec, inst.masks), inst
-
-    def prepare(self, value, rows, image_hw, region=None) -> np.ndarray:
-        """(n_instances over all crops, 1, m, m) float 0/1; the crop of each is in prepare_sample."""
-        return self.prepare_sample(value, rows, image_hw, region)[0]
-
-    def member_bytes(self, tokens: np.ndarray, layout: CropInstances) -> bytes:
-        return member_bytes(layout, tokens, self.card.input_size, int(np.prod(self.card.token_grid)))

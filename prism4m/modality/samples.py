@@ -16,7 +16,7 @@ from PIL import Image
 
 from prism4m.contract.members import decode_npy
 from prism4m.contract.store import DatasetStore
-from prism4m.tokenizers.specs import ModalitySpec, decode_value
+from prism4m.modality.specs import TokenSpec, decode_value
 
 
 @dataclass
@@ -29,12 +29,13 @@ class SampleInput:
     region: tuple[int, int, int, int] | None = None  # what a feature map covers (None: centre square)
 
 
-def _image_hw(data: bytes) -> tuple[int, int]:
+def rgb_hw(data: bytes) -> tuple[int, int]:
+    """(h, w) of an rgb/ member, from its header."""
     w, h = Image.open(io.BytesIO(data)).size  # header only; no pixel decode
     return h, w
 
 
-def iter_shard_inputs(store: DatasetStore, spec: ModalitySpec, index: int,
+def iter_shard_inputs(store: DatasetStore, spec: TokenSpec, index: int,
                       cache: dict[str, list] | None = None) -> Iterator[SampleInput]:
     """Samples of shard ``index``; ``cache`` (folder → members) shares reads across tokenizers."""
     cache = {} if cache is None else cache
@@ -44,7 +45,7 @@ def iter_shard_inputs(store: DatasetStore, spec: ModalitySpec, index: int,
     rgb, crops, labels = cache["rgb"], cache["crop_settings"], cache[spec.folder]
     whole_image = False
     if spec.ext == "npy":  # clip's fit: resize encodes the whole (stretched) image
-        rec = store.ledger(spec.folder).get(index, {})
+        rec = store.record(spec.folder, index) or {}
         whole_image = (rec.get("producer", {}).get("config") or {}).get("fit") == "resize"
     if not (len(rgb) == len(crops) == len(labels)):
         raise ValueError(f"shard {index}: rgb/crop_settings/{spec.folder} have {len(rgb)}/{len(crops)}/"
@@ -58,7 +59,7 @@ def iter_shard_inputs(store: DatasetStore, spec: ModalitySpec, index: int,
             continue
         try:
             value = decode_value(spec, m.data)
-            hw = value.shape[:2] if spec.kind in ("image", "classes") else _image_hw(r.data)
+            hw = value.shape[:2] if spec.kind in ("image", "classes") else rgb_hw(r.data)
             if spec.kind == "instances" and tuple(value.shape) != tuple(hw):
                 raise ValueError(f"masks are {value.shape[0]}x{value.shape[1]}, rgb is {hw[0]}x{hw[1]}")
         except Exception as exc:  # noqa: BLE001 - one bad member must not sink the shard

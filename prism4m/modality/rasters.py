@@ -1,4 +1,4 @@
-"""Apply one crop_settings row to a label, exactly as to the rgb image it was drawn for.
+"""Cut one crop_settings row out of a raster or a feature map, as out of the rgb image.
 
 A row is ``(top, left, h, w, hflip)`` in rgb/ pixel space (DATASET.md). The order is ml-4m's
 (4M_FORMAT.md §1.4): crop → resize to the tokenizer's input size → optional horizontal flip.
@@ -11,12 +11,7 @@ coordinates and sampled bilinearly at the centres of the output grid's cells.
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
-
-from prism4m.contract.crop_settings import centre_square
-from prism4m.tokenizers.specs import ModalitySpec, feature_grid
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
@@ -41,6 +36,9 @@ def crop_raster(arr: np.ndarray, row, size: int, resample: str = "bicubic", flip
 
 def crop_feature_map(fmap: np.ndarray, row, region: tuple[int, int, int, int], grid: int) -> np.ndarray:
     """(h, w, C) feature map covering ``region`` (top, left, h, w) → (C, grid, grid) for the row."""
+    import torch  # not at import: reading a root's labels must not load torch
+    import torch.nn.functional as F
+
     top, left, h, w, hflip = (float(v) for v in row)
     r_top, r_left, H, W = (float(v) for v in region)
     top, left = top - r_top, left - r_left
@@ -54,37 +52,3 @@ def crop_feature_map(fmap: np.ndarray, row, region: tuple[int, int, int, int], g
     coords = torch.from_numpy(np.stack([gx, gy], axis=-1)[None].astype(np.float32))
     src = torch.from_numpy(np.ascontiguousarray(fmap.transpose(2, 0, 1))[None].astype(np.float32))
     return F.grid_sample(src, coords, mode="bilinear", padding_mode="border", align_corners=False)[0].numpy()
-
-
-def split_features(value: np.ndarray, region_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Labeler layout (1 + h*w, C) → (global (C,), map (h, w, C))."""
-    h, w = feature_grid(value.shape[0] - 1, region_hw)
-    return value[0], value[1:].reshape(h, w, value.shape[1])
-
-
-def crop_all(spec: ModalitySpec, value: np.ndarray, rows: np.ndarray, input_size: int,
-             image_hw: tuple[int, int], region: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """Every crop row of one sample → the un-normalised encoder batch for ``spec``.
-
-    image/classes: (n, C, S, S); feature: (n, C, g, g) with g = S // patch; global: (n, C);
-    instances: (instances kept over all crops, 1, 64, 64) masks (instances.crop_instances);
-    pose: (persons, 51) box-relative keypoints, whatever the rows (poses.pose_vectors).
-    ``region``: what a feature map covers (default: the centred square, see module docstring).
-    """
-    rows = np.asarray(rows).reshape(-1, 5)
-    if spec.kind == "instances":
-        from prism4m.tokenizers.instances import crop_instances
-
-        return crop_instances(value, rows, input_size).masks
-    if spec.kind == "pose":
-        from prism4m.tokenizers.poses import pose_vectors
-
-        return pose_vectors(value)
-    if spec.kind in ("image", "classes"):
-        return np.stack([crop_raster(value, r, input_size, spec.resample, spec.flip) for r in rows])
-    region = region or centre_square(*image_hw)  # crop_settings row 0: what feature labelers encode
-    glob, fmap = split_features(value, region[2:])
-    if spec.kind == "global":
-        return np.repeat(glob[None], len(rows), axis=0)
-    grid = input_size // spec.patch_size
-    return np.stack([crop_feature_map(fmap, r, region, grid) for r in rows])
