@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from prism4m.contract.store import DatasetStore, Member
 from prism4m.modality.samples import iter_shard_inputs
@@ -26,12 +25,7 @@ TINY = {"input_size": SIZE, "steps": 2, "batch_size": 4, "codebook_size": 64, "m
         "max_eval_crops": 16, "warmup_steps": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

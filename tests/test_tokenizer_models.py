@@ -18,13 +18,7 @@ from prism4m.tokenizers.registry import load_tokenizer
 from prism4m.tokenizers.vq import VQTokenizer, vq_architecture
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # 2 cores shared with other jobs: intra-op threads spin and slow tiny models 10x
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_vq(modality: str, input_size: int, vocab: int = 64, channels: int = 3) -> VQTokenizer:
