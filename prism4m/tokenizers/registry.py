@@ -11,6 +11,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from prism4m.tokenizers.card import read_card
+from prism4m.tokenizers.text import WordPieceTokenizer
 
 ENTRY_POINT_GROUP = "prism4m.tokenizers"
 
@@ -44,8 +45,6 @@ def load_tokenizer(path_or_url: str, device: str = "cpu") -> Any:
     """
     url = str(path_or_url)
     if url.endswith(".json"):
-        from prism4m.tokenizers.text import WordPieceTokenizer
-
         return WordPieceTokenizer.from_json_url(url)
     card = read_card(url)
     return get_tokenizer_class(card.type).load(url, card, device=device)
