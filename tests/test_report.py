@@ -295,6 +295,40 @@ def test_renderers_table_and_fallbacks():
     assert generic.image is not None and generic.image.size == (8, 8)
 
 
+def test_every_modality_of_the_table_has_a_renderer_statistics_and_a_place():
+    """The report's tables are keyed by the folders of prism4m.contract.modalities: every label
+    folder has a renderer and a statistics function (or is listed as shown generically), the
+    gallery order is the table's, and no entry names a folder the table does not know."""
+    from prism4m.contract.modalities import MODALITIES
+    from prism4m.report import render, stats
+    from prism4m.report.html import FOLDER_ORDER, folder_sort_key
+
+    folders = {m.label_folder for m in MODALITIES.values()}
+    assert not folders - set(render.RENDERERS) - set(render.GENERIC_FOLDERS)
+    assert not folders - set(stats.VALUES) - set(stats.GENERIC_FOLDERS)
+    assert not set(render.RENDERERS) - folders and not set(render.GENERIC_FOLDERS) - folders
+    assert not set(stats.VALUES) - folders and not set(stats.GENERIC_FOLDERS) - folders
+    assert not set(render.RENDERERS) & set(render.GENERIC_FOLDERS)
+    assert not set(stats.VALUES) & set(stats.GENERIC_FOLDERS)
+    table_order = list(dict.fromkeys(m.label_folder for m in MODALITIES.values()))
+    assert list(FOLDER_ORDER) == table_order
+    assert sorted(["tok_rgb@224", "brand_new", *reversed(table_order)], key=folder_sort_key) == \
+        [*table_order, "brand_new", "tok_rgb@224"]
+
+
+def test_feature_maps_are_factorised_as_the_tokenizers_do():
+    """A (1 + h·w, C) map whose grid is not square is drawn h×w as modality.specs.feature_grid
+    reads it (the tokenizers' factorisation), not as one row."""
+    from prism4m.modality.specs import feature_grid
+    from prism4m.report.render import SampleContext, render_features
+
+    arr = np.random.default_rng(0).normal(size=(1 + 12, 8)).astype(np.float16)
+    panel = render_features(_npy(arr), SampleContext("k"))
+    h, w = feature_grid(12, (1, 1))
+    assert h * w == 12 and {h, w} == {3, 4} and f"{h}×{w} patches" in panel.html
+    assert panel.image.size == (max(w * 12, 96), max(h * 12, 96))
+
+
 def test_tokenizer_reconstructions(report, tmp_path):
     """A tiny (untrained) VQ tokenizer of canny_edge: reconstructions appear beside the labels."""
     pytest.importorskip("torch")

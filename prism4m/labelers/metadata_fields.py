@@ -131,6 +131,20 @@ SEMANTIC_MIN_SHARE = 0.01
 SEMSEG_NO_CLASS = 255
 COCO_THING_IDS = range(0, 80)
 
+#: COCO's 80 thing classes in contiguous id order 0..79 (the order of COCO's category ids)
+COCO_THINGS = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)
+
 #: COCO panoptic stuff classes in the contiguous order of ids 80..132 (panoptic2semseg order,
 #: the one Mask2Former's COCO panoptic checkpoints use)
 COCO_PANOPTIC_STUFF = (

@@ -49,24 +49,9 @@ def class_palette(n: int = 256) -> np.ndarray:
     return np.array([class_color(i) for i in range(n)], dtype=np.uint8)
 
 
-# COCO's 80 thing classes in contiguous id order 0..79 (the order of COCO's category ids).
-COCO_THINGS = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
-)
-
-
 def coco_panoptic_names() -> list[str]:
     """Names of the semseg_coco ids 0..132 (things, then the labeler's stuff order)."""
-    from prism4m.labelers.metadata_fields import COCO_PANOPTIC_STUFF
+    from prism4m.labelers.metadata_fields import COCO_PANOPTIC_STUFF, COCO_THINGS
 
     return list(COCO_THINGS) + list(COCO_PANOPTIC_STUFF)
 

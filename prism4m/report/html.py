@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from prism4m.contract.members import decode_npy
+from prism4m.contract.modalities import MODALITIES
 from prism4m.contract.store import DatasetStore, Member
 from prism4m.report.charts import bar_chart
 from prism4m.report.recon import load_tokenizers, reconstruct
@@ -41,10 +42,9 @@ from prism4m.report.throughput import ledger_throughput
 
 esc = html.escape
 
-# Gallery/statistics order: inputs first, then dense labels, then sequences, then tokens.
-FOLDER_ORDER = ("rgb", "crop_settings", "caption", "depth", "normal", "semseg_coco", "sam_instance",
-                "sam_edge", "canny_edge", "human_poses", "det", "color_palette", "metadata", "clip",
-                "dinov2", "source")
+# Gallery/statistics order: the modality table's (ingest's folders, dense labels, features,
+# instances and sequences), then folders it does not know, then tokens.
+FOLDER_ORDER = tuple(dict.fromkeys(m.label_folder for m in MODALITIES.values()))
 MAX_SIDE = 512          # gallery images are for eyeballing; keep the report light
 MAX_ERROR_ROWS = 500
 

@@ -1,8 +1,9 @@
 """One member of one modality → what a person looks at (an image and/or a bit of HTML).
 
 `RENDERERS` maps a folder name to a small function; adding a modality is one entry. Folders
-not in the table fall back on the member's file type (`GENERIC`), token folders (`tok_*`)
-share one renderer. Renderers receive the sample's rgb image and crop rows so labels can be
+not in the table fall back on the member's file type (`GENERIC`; the modalities of
+prism4m.contract.modalities shown that way on purpose are `GENERIC_FOLDERS`), token folders
+(`tok_*`) share one renderer. Renderers receive the sample's rgb image and crop rows so labels can be
 drawn where they belong (boxes, poses, instances, crops).
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from prism4m.contract.members import decode_npy
+from prism4m.modality.specs import feature_grid
 from prism4m.report.colors import COCO_SKELETON, class_color, class_palette, coco_panoptic_names, colormap
 
 
@@ -260,16 +262,12 @@ def render_metadata(data: bytes, ctx: SampleContext) -> Panel:
     return Panel(None, _table(json.loads(data), _num))
 
 
-def feature_grid_hw(n: int) -> tuple[int, int]:
-    s = int(math.isqrt(n))
-    return (s, s) if s * s == n else (1, n)
-
-
 def render_features(data: bytes, ctx: SampleContext) -> Panel:
-    """(1 + h·w, C) features: the patch map's first 3 principal components as RGB."""
+    """(1 + h·w, C) features: the patch map's first 3 principal components as RGB. The map
+    covers the centred square (the labelers' default fit), factorised as the tokenizers do."""
     arr = decode_npy(data).astype(np.float64)
     glob, patches = arr[0], arr[1:]
-    h, w = feature_grid_hw(len(patches))
+    h, w = feature_grid(len(patches), (1, 1))
     x = patches - patches.mean(0)
     try:
         _, _, vt = np.linalg.svd(x, full_matrices=False)
@@ -287,9 +285,10 @@ def render_features(data: bytes, ctx: SampleContext) -> Panel:
 def render_tokens(data: bytes, ctx: SampleContext) -> Panel:
     ids = decode_npy(data)
     row = ids[0] if ids.ndim == 2 else ids.reshape(-1)
-    h, w = feature_grid_hw(len(row))
+    side = int(math.isqrt(len(row)))  # a square grid of tokens is shown as an image
+    h, w = side, side
     img = None
-    if h > 1:
+    if side > 1 and side * side == len(row):
         img = Image.fromarray(class_palette(4096)[row.astype(np.int64) % 4096].reshape(h, w, 3))
         img = img.resize((max(w * 10, 96), max(h * 10, 96)), Image.NEAREST)
     return Panel(img, f"{esc(str(ids.dtype))} {'×'.join(map(str, ids.shape))}; ids {int(ids.min())}..{int(ids.max())}"
@@ -347,7 +346,11 @@ RENDERERS: dict[str, Renderer] = {
     "source": render_source,
     "clip": render_features,
     "dinov2": render_features,
+    "imagebind": render_features,
 }
+
+# Modalities of the table without a renderer of their own, on purpose: shown by file type.
+GENERIC_FOLDERS = ("t5_caption",)  # npz of T5 embeddings: its size
 
 GENERIC: dict[str, Renderer] = {
     "png": render_image_generic, "jpg": render_image_generic, "jpeg": render_image_generic,

@@ -4,8 +4,8 @@ Coverage is exact and cheap (ledger records: n_samples and the invalid keys). Di
 need the members themselves, so they are computed on a bounded sample (a few evenly spaced
 shards, at most `max_members` members) — the report says how many members each is based on.
 What a member contributes is decided by one small function per modality in `VALUES`
-(numbers for a histogram, or category names for a bar chart); token folders add codebook
-usage instead.
+(numbers for a histogram, or category names for a bar chart; other folders: member sizes);
+token folders add codebook usage instead.
 """
 
 from __future__ import annotations
@@ -137,8 +137,11 @@ VALUES: dict[str, Callable[[bytes], tuple]] = {
     "rgb": _rgb, "depth": _depth, "canny_edge": _edges, "sam_edge": _edges, "normal": _normal,
     "semseg_coco": _semseg, "det": _det, "sam_instance": _sam, "human_poses": _poses,
     "caption": _caption, "color_palette": _palette, "metadata": _metadata, "clip": _features,
-    "dinov2": _features, "crop_settings": _crops,
+    "dinov2": _features, "imagebind": _features, "crop_settings": _crops,
 }
+
+# Modalities of the table whose statistics are their member sizes, on purpose.
+GENERIC_FOLDERS = ("source", "t5_caption")
 
 
 def histogram(values: list[float], rng: tuple | None, bins: int = 24) -> Chart:

@@ -20,6 +20,7 @@ from typing import Iterable
 
 import fsspec
 
+from prism4m.labelers.metadata_fields import COCO_THINGS
 from prism4m.tokenizers.card import TokenizerCard, join_url, write_card
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -29,17 +30,7 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[SOS]", "[EOS]"]
 PAD_ID = SPECIAL_TOKENS.index("[PAD]")
 EOS_ID = SPECIAL_TOKENS.index("[EOS]")
 SENTINEL_0_ID = len(SPECIAL_TOKENS)
-COCO_CLASSES = sorted([
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
-    "scissors", "teddy bear", "hair drier", "toothbrush",
-])
+COCO_CLASSES = sorted(COCO_THINGS)  # ml-4m's text vocabulary holds the COCO class names
 
 
 def special_tokens(num_sentinels: int = NUM_SENTINELS) -> list[str]:
