@@ -1,0 +1,230 @@
+"""ml-4m's published tokenizers through prism4m: the ids are ml-4m's own.
+
+The fixtures (tests/fixtures/ml4m_tokenizers, README there) were computed by apple/ml-4m's
+classes and its save_vq_tokens.py preprocessing on tiny random-weight tokenizers of every
+published family; here prism4m loads the same files and must give the same ids.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prism4m.tokenizers.fourm import (
+    FAMILIES,
+    OfficialConfigError,
+    OfficialLoadError,
+    load_official,
+    parse_config,
+)
+from prism4m.tokenizers.fourm.load import DECODER_PREFIXES
+
+FX = Path(__file__).parent / "fixtures" / "ml4m_tokenizers"
+PIXEL = ["rgb", "depth", "depth_pillow10", "normal", "edge", "semseg"]
+FEATURE = ["clip", "dinov2", "dinov2_global"]
+#: a differing id is accepted only where the two best codes are this close (a float tie)
+TIE_MARGIN = 1e-4
+MAX_TIE_SHARE = 0.005
+
+
+def _photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    return getattr(skimage.data, name)()
+
+
+def fixture_inputs(family: str, tok) -> torch.Tensor:
+    """The encoder batch for a fixture family, built by prism4m from the fixture's inputs."""
+    inp = json.loads((FX / family / "inputs.json").read_text())
+    if "features" in inp:
+        feats = np.load(FX / family / "features.npy")
+        return tok.inputs(feats[:, 0] if feats.shape[1] == 1 else feats)
+    xs = []
+    for p in inp["photos"]:
+        rows = np.load(FX / "_inputs" / p / f"crop_settings_{inp['crop_settings']}.npy")
+        if family == "rgb":
+            label = _photo(p)
+        else:
+            label = np.array(Image.open(FX / "_inputs" / p / f"{inp['task']}.png"))
+        xs.append(tok.inputs(label, rows, inp["input_size"]))
+    return torch.cat(xs)
+
+
+def test_fixture_photos_unchanged():
+    """The rgb fixture reads scikit-image's photos by reference: they must be the ones hashed."""
+    import hashlib
+
+    for meta in json.loads((FX / "_inputs" / "photos.json").read_text()):
+        a = _photo(meta["name"])
+        h = hashlib.sha256()
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+        assert h.hexdigest() == meta["sha256"], f"scikit-image's {meta['name']} changed; regenerate the fixtures"
+
+
+@pytest.mark.parametrize("family", PIXEL + FEATURE)
+def test_ids_equal_ml4m(family):
+    torch.set_num_threads(1)
+    kw = {"depth_resample": "nearest"} if family == "depth_pillow10" else {}
+    tok = load_official(str(FX / family), **kw)
+    want = np.load(FX / family / "tokens.npy")
+    x = fixture_inputs(family, tok)
+    got = tok.encode(x).reshape(want.shape)
+    assert got.dtype == np.int64 and want.dtype == np.int16
+    diff = got != want
+    n_diff = int(diff.sum())
+    if n_diff:
+        margins = tok.margins(x).reshape(want.shape)
+        not_ties = int((diff & (margins >= TIE_MARGIN)).sum())
+        assert not_ties == 0 and n_diff <= MAX_TIE_SHARE * want.size, (
+            f"{family}: {n_diff} of {want.size} ids differ from ml-4m's, {not_ties} of them not float ties")
+
+
+@pytest.mark.parametrize("family", PIXEL)
+def test_preprocessing_equals_ml4m(family):
+    """Checked apart from the ids: the tensor fed to the encoder has ml-4m's shape and, per
+    crop, the same sum and sum of squares (bit-exact on this machine; 1e-6 relative allowed)."""
+    kw = {"depth_resample": "nearest"} if family == "depth_pillow10" else {}
+    tok = load_official(str(FX / family), **kw)
+    stats = json.loads((FX / family / "input_stats.json").read_text())
+    x = fixture_inputs(family, tok)
+    assert list(x.shape) == stats["shape"] and str(x.dtype).replace("torch.", "") == stats["dtype"]
+    xd = x.double().flatten(1)
+    np.testing.assert_allclose(xd.sum(1).numpy(), stats["per_crop_sum"], rtol=1e-6, atol=1e-3)
+    np.testing.assert_allclose((xd ** 2).sum(1).numpy(), stats["per_crop_sumsq"], rtol=1e-6, atol=1e-3)
+
+
+def test_depth_resample_matters():
+    """Pillow ≤ 10.4 resized I;16 depth with NEAREST, Pillow ≥ 11 with BICUBIC (README): the
+    two fixtures differ, and each is reproduced only by its own setting."""
+    a = np.load(FX / "depth" / "tokens.npy")
+    b = np.load(FX / "depth_pillow10" / "tokens.npy")
+    assert (a != b).sum() > 0
+    tok = load_official(str(FX / "depth"), depth_resample="nearest")
+    assert (tok.encode(fixture_inputs("depth", tok)).reshape(b.shape) == b).all()
+
+
+def test_tokenize_member_layout():
+    tok = load_official(str(FX / "rgb"))
+    rows = np.load(FX / "_inputs" / "astronaut" / "crop_settings_full.npy")
+    ids = tok.tokenize(_photo("astronaut"), rows, 224)
+    assert ids.dtype == np.int16 and ids.shape == (3, 196)
+    assert (ids == np.load(FX / "rgb" / "tokens.npy")[0]).all()
+    assert tok.vocab_size == 256 and tok.family.out_folder_for("rgb", 224) == "tok_rgb@224"
+
+
+# ---------------------------------------------------------------------- published sizes
+PUBLISHED = json.loads((FX / "published_state_dicts.json").read_text())
+
+
+@pytest.mark.parametrize("family", sorted(PUBLISHED))
+def test_published_size_names_and_shapes(family):
+    rec = PUBLISHED[family]
+    cfg = dict(rec["config"], domain=rec["domain"])
+    config = parse_config(cfg)
+    assert config.family.hub_id == rec["hub_id"]
+    with torch.device("meta"):
+        model = config.build()
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert ours == rec["encoder_quantizer"]
+    # everything else in the published file is a decoder, set aside by prefix
+    assert all(p + "." in DECODER_PREFIXES for p in rec["full_model"]["other_key_prefixes"])
+
+
+def test_published_vocab_and_tokens():
+    want = {"rgb": (16384, 196), "depth": (8192, 196), "normal": (8192, 196), "edge": (8192, 196),
+            "semseg": (4096, 196), "clip": (8192, 196), "dinov2": (8192, 256), "imagebind": (8192, 256),
+            "dinov2_global": (8192, 16), "imagebind_global": (8192, 16)}
+    for fam, (vocab, n) in want.items():
+        config = parse_config(dict(PUBLISHED[fam]["config"], domain=PUBLISHED[fam]["domain"]))
+        assert (config.vocab_size, config.n_tokens(224)) == (vocab, n), fam
+
+
+# ---------------------------------------------------------------------- loading rules
+def _copy(tmp_path: Path, family: str, name: str | None = None) -> Path:
+    dst = tmp_path / (name or family)
+    dst.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(FX / family / f, dst / f)
+    return dst
+
+
+def _rewrite_weights(d: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(d / "model.safetensors"))
+    edit(sd)
+    save_file(sd, str(d / "model.safetensors"))
+
+
+def test_strict_load_names_the_keys(tmp_path):
+    d = _copy(tmp_path, "rgb")
+    _rewrite_weights(d, lambda sd: (sd.pop("encoder.blocks.1.mlp.fc2.bias"),
+                                    sd.__setitem__("encoder.extra.weight", torch.zeros(2))))
+    with pytest.raises(OfficialLoadError) as e:
+        load_official(str(d))
+    msg = str(e.value)
+    assert "missing keys: encoder.blocks.1.mlp.fc2.bias" in msg and "unexpected keys: encoder.extra.weight" in msg
+
+    d2 = _copy(tmp_path, "rgb", "rgb2")
+    _rewrite_weights(d2, lambda sd: sd.__setitem__("quant_proj.bias", torch.zeros(7)))
+    with pytest.raises(OfficialLoadError, match=r"wrong shapes: quant_proj.bias \(7,\) \(expected \(32,\)\)"):
+        load_official(str(d2))
+
+
+def test_decoder_keys_set_aside(tmp_path):
+    d = _copy(tmp_path, "semseg")
+    _rewrite_weights(d, lambda sd: sd.update({"decoder.blocks.0.attn.qkv.weight": torch.zeros(3, 3),
+                                              "post_quant_proj.weight": torch.zeros(2, 2, 1, 1)}))
+    tok = load_official(str(d))
+    assert tok.decoder_keys_skipped == ["decoder.blocks.0.attn.qkv.weight", "post_quant_proj.weight"]
+
+
+def test_family_from_path_or_hint(tmp_path):
+    d = _copy(tmp_path, "normal", "models--EPFL-VILAB--4M_tokenizers_normal_8k_224-448")
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["domain"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert load_official(str(d)).family.name == "normal"
+    plain = tmp_path / "plain"
+    shutil.copytree(d, plain)
+    with pytest.raises(OfficialConfigError, match="rgb or normal"):
+        load_official(str(plain))
+    assert load_official(str(plain), family="normal").family.name == "normal"
+
+
+def test_safetensors_only(tmp_path):
+    d = tmp_path / "pickled"
+    d.mkdir()
+    shutil.copy(FX / "rgb" / "config.json", d / "config.json")
+    (d / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(OfficialLoadError, match="safetensors only, never pickles"):
+        load_official(str(d))
+
+
+def test_hub_id_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfficialLoadError, match="HF_HUB_OFFLINE is set"):
+        load_official("EPFL-VILAB/4M_tokenizers_rgb_16k_224-448")
+
+
+def test_human_poses_refused():
+    rec = PUBLISHED["human_poses"]
+    config = parse_config(dict(rec["config"], domain=rec["domain"]))
+    assert config.family is FAMILIES["human_poses"] and not config.family.supported
+    assert "SMPL" in config.family.refusal and "COCO keypoints" in config.family.refusal
+
+
+def test_config_errors():
+    with pytest.raises(OfficialConfigError, match="not an ml-4m preset"):
+        parse_config({"domain": "rgb", "enc_type": "vit_xs_enc"})
+    with pytest.raises(OfficialConfigError, match="contradict"):
+        parse_config({"domain": "rgb", "enc_type": "vit_b_enc", "enc_dim_tokens": 512})
+    with pytest.raises(OfficialConfigError, match="Euclidean"):
+        parse_config({"domain": "rgb", "norm_codes": False})
