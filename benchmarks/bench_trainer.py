@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from prism4m.contract.members import encode_json, encode_npy  # noqa: E402
 from prism4m.contract.store import DatasetStore, Member  # noqa: E402
+from prism4m.tokenizers.text import special_tokens, value_tokens  # noqa: E402
 from prism4m.trainer.data import TokenLoader, TokenShardDataset  # noqa: E402
 from prism4m.trainer.decode import SampleDecoder  # noqa: E402
 from prism4m.trainer.masking import UnifiedMasker, all2all, dirichlet_expectation, mixture_4m7  # noqa: E402
@@ -40,8 +41,7 @@ WORDS = ["a", "photo", "of", "dog", "cat", "on", "the", "grass", "red", "car", "
 def _tokenizer():
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-    vocab = ["[PAD]", "[UNK]", "[SOS]", "[EOS]"] + [f"[S_{i}]" for i in range(200)]
-    vocab += [f"v{a}={v}" for a in range(4) for v in range(1000)] + WORDS
+    vocab = special_tokens() + value_tokens() + WORDS
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

@@ -15,6 +15,7 @@ import numpy as np
 
 from prism4m.contract.members import encode_npy
 from prism4m.contract.store import DatasetStore, Member, build_tar
+from prism4m.tokenizers.text import special_tokens
 
 CLASS_WORDS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
 OTHER_WORDS = ["a", "photo", "of", "thing", "the", "small", "big", "picture"]
@@ -24,12 +25,11 @@ def make_text_tokenizer():
     """A tiny WordPiece tokenizer with ml-4m's special-token layout."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-    vocab = ["[PAD]", "[UNK]", "[SOS]", "[EOS]"] + [f"[S_{i}]" for i in range(200)]
-    vocab += CLASS_WORDS + OTHER_WORDS
+    vocab = special_tokens() + CLASS_WORDS + OTHER_WORDS
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.add_special_tokens(vocab[: 204])
+    tok.add_special_tokens(special_tokens())
     return tok
 
 

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from prism4m.tokenizers.text import EOS_ID, NUM_SENTINELS, PAD_ID, SENTINEL_0_ID
+from prism4m.tokenizers.text import NUM_SENTINELS, PAD_ID, SENTINEL_0_ID
 
 from .modalities import TrainModality
 
@@ -337,7 +337,6 @@ def dirichlet_expectation(components: Sequence[AlphaComponent], names: Sequence[
 
 __all__ = [
     "AlphaComponent",
-    "EOS_ID",
     "MIXTURES",
     "UnifiedMasker",
     "all2all",

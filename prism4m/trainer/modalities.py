@@ -118,12 +118,10 @@ MANIFEST_FILES = (MANIFEST, EXPORT_SUMMARY)
 
 def read_manifest(root: str) -> dict[str, Any]:
     """The dataset manifest, or {} when the root has none (e.g. an ml-4m-layout root)."""
-    fs, path = fsspec.core.url_to_fs(root)
+    store = DatasetStore(root)
     for name in MANIFEST_FILES:
-        manifest_path = f"{path.rstrip('/')}/{name}"
-        if fs.exists(manifest_path):
-            with fs.open(manifest_path, "r") as f:
-                return json.load(f)
+        if store.exists(store.p(name)):
+            return store.read_json(store.p(name))
     return {}
 
 

@@ -35,7 +35,7 @@ from prism4m.contract.store import (
     split_member_name,
 )
 from prism4m.errors import UserError
-from prism4m.pipeline.export import EXPORT_SUMMARY, EXT_METADATA_KEY
+from prism4m.pipeline.export import EXPORT_DIR, EXPORT_SUMMARY, EXT_METADATA_KEY
 
 _ML4M_SHARD_RE = re.compile(r"shard-(\d+)\.tar$")  # ml-4m roots keep their own zero padding
 _PART_RE = re.compile(r"part-(\d+)\.parquet$")
@@ -59,14 +59,14 @@ def _parquet_dir(fs, path: str) -> str:
     (its ``_export.json``, or a name ending in "parquet"), else ``path/_export/parquet``."""
     if fs.exists(posixpath.join(path, EXPORT_SUMMARY)) or path.rstrip("/").endswith("parquet"):
         return path
-    return posixpath.join(path, "_export", "parquet")
+    return posixpath.join(path, EXPORT_DIR)
 
 
 def detect_layout(root: str) -> str:
     fs, path = fsspec.core.url_to_fs(root)
     if fs.exists(posixpath.join(path, LEDGER_DIR)):
         return "prism4m"
-    if fs.exists(posixpath.join(path, EXPORT_SUMMARY)) or fs.exists(posixpath.join(path, "_export", "parquet")) \
+    if fs.exists(posixpath.join(path, EXPORT_SUMMARY)) or fs.exists(posixpath.join(path, EXPORT_DIR)) \
             or path.rstrip("/").endswith("parquet"):
         return "parquet"
     return "ml4m"
