@@ -1,143 +1,133 @@
-"""The Python API; the CLI mirrors it one command per function.
+"""The Python API: one function per `prism4m` command, with the command's name and options.
 
     from prism4m import api
     api.ingest("photos/", "s3://bucket/ds", shard_size=1000)
     api.label("s3://bucket/ds", ["canny_edge", "color_palette", "metadata"])
     print(api.status("s3://bucket/ds"))
+
+Each function returns what its command reports; ``describe_<command>`` turns that into the
+lines the command prints (prism4m.describe). Option mistakes are UserErrors named as the
+command line spells them (``--compression``). Stages are imported on use: `api.status` on a
+finished root pays for neither torch nor Ray.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Callable
+
+from prism4m.describe import (describe_estimate, describe_export, describe_failures, describe_ingest,
+                              describe_label, describe_labelers, describe_report, describe_status,
+                              describe_tokenize, describe_tokenizer, describe_tokens_select,
+                              describe_tokens_versions)
+from prism4m.errors import UserError
 from prism4m.pipeline.execute import WorkerStartupError
 from prism4m.pipeline.ingest import IngestConfig, IngestSummary, ingest
 from prism4m.pipeline.label import LabelSummary, PlanError, label
 from prism4m.report.status import DatasetStatus, dataset_status as status
 
-__all__ = ["ingest", "label", "status", "report", "estimate", "run_job", "IngestConfig", "IngestSummary", "LabelSummary",
-           "DatasetStatus", "PlanError", "WorkerStartupError", "describe_ingest", "describe_label",
-           "describe_tokenize", "describe_tokenizer"]
+__all__ = [
+    # the commands
+    "ingest", "label", "status", "report", "estimate", "tokenizer_train", "tokenize", "export",
+    "tokens_versions", "tokens_select", "train", "labelers", "run",
+    # what they print
+    "describe_ingest", "describe_label", "describe_status", "describe_report", "describe_estimate",
+    "describe_tokenizer", "describe_tokenize", "describe_export", "describe_tokens_versions",
+    "describe_tokens_select", "describe_labelers", "describe_failures",
+    # types
+    "IngestConfig", "IngestSummary", "LabelSummary", "DatasetStatus", "PlanError", "WorkerStartupError",
+]
 
 
-def report(root: str, out_dir: str, **kwargs):
-    """Static HTML report of a root (see prism4m.report.html.build_report)."""
+def report(root: str, out: str, *, samples: int = 16, tokenizers: list[str] | None = None, seed: int = 0,
+           storage_options: dict | None = None) -> Path:
+    """A static HTML report of ``root`` in ``out`` (index.html + assets/); returns the index's path."""
     from prism4m.report.html import build_report
 
-    return build_report(root, out_dir, **kwargs)
+    return build_report(root, out, n_samples=samples, tokenizers=tokenizers or None, seed=seed,
+                        storage_options=storage_options)
 
 
-def estimate(images: int, gpus: int, labelers: list[str] | None = None, root: str | None = None, **kwargs):
-    """Projected hours / GPU-hours (see prism4m.report.estimate.estimate)."""
+def estimate(images: int, gpus: int, labelers: list[str] | None = None, root: str | None = None, *,
+             cpus_per_gpu: int = 8, speedup: float = 1.0, bench: str | None = None,
+             storage_options: dict | None = None):
+    """Projected hours and GPU-hours to label ``images`` on ``gpus`` GPUs, from a pilot root's
+    ledger or a benchmark JSON (prism4m.report.estimate)."""
     from prism4m.report.estimate import estimate as _estimate
 
-    return _estimate(images, gpus, labelers, root, **kwargs)
+    return _estimate(images, gpus, labelers, root, cpus_per_gpu=cpus_per_gpu, speedup=speedup,
+                     bench_file=bench, storage_options=storage_options)
 
 
-def run_job(path: str, show_progress: bool = True) -> bool:
-    """Run the steps of a job spec in order; False when any unit failed (others completed)."""
-    from prism4m.errors import refuse_file_root
-    from prism4m.jobs import load_job
-    from prism4m.report.status import format_status
+def tokenizer_train(root: str, modality: str, out: str, settings: dict[str, Any] | None = None, *,
+                    storage_options: dict | None = None, show_progress: bool = True):
+    """Train (or resume) a tokenizer of ``modality`` on ``root`` into ``out``; returns its card."""
+    from prism4m.pipeline.tokenizer_training import train_tokenizer
 
-    spec = load_job(path)
-    refuse_file_root(spec.root)
-    ok = True
-    so = spec.storage_options or None
-    if spec.ingest:
-        s = ingest(spec.ingest.source, spec.root, spec.ingest.config, workers=spec.ingest.workers,
-                   force=spec.ingest.force, ray_address=spec.ray_address, storage_options=so,
-                   show_progress=show_progress)
-        print("\n".join(describe_ingest(s)))
-        ok &= s.ok
-    if spec.label:
-        s2 = label(spec.root, spec.label.modalities, spec.label.labelers, workers=spec.label.workers,
-                   force=spec.label.force, update_stale=spec.label.update_stale,
-                   ray_address=spec.ray_address, storage_options=so, show_progress=show_progress)
-        print("\n".join(describe_label(s2)))
-        ok &= s2.ok
-    from prism4m.jobs import run_extra_steps
-
-    ok &= run_extra_steps(spec, show_progress=show_progress)
-    print(format_status(status(spec.root, so)))
-    return ok
+    return train_tokenizer(root, modality, out, settings, progress=show_progress, storage_options=storage_options)
 
 
-# ---------------------------------------------------------------------- run summaries
-# One line per stage, the same shape for each (the CLI and `run` print these):
-#   <stage>: ran <what> shards; up to date: <what> shards; <n> samples; <t>s
-# followed by indented detail lines. Counts per folder read `folder=n, folder=n`.
+def tokenize(root: str, tokenizers: list[str], *, workers: int | None = None, force: bool = False,
+             batch_size: int = 64, compression: str = "gzip", ray_address: str | None = None,
+             storage_options: dict | None = None, show_progress: bool = True):
+    """Tokenize every committed shard of ``root`` with each tokenizer directory."""
+    from prism4m.contract.store import shard_compression
 
-NOTHING = "0 shards (nothing to do)"
+    try:
+        shard_compression(compression)
+    except ValueError as exc:
+        raise UserError(f"--compression: {exc}") from None
+    from prism4m.pipeline.tokenize import tokenize as _tokenize
 
-
-def counts(d: dict) -> str:
-    """{name: n} as `a=1, b=2` (sorted), or `-` when empty: never a Python dict repr."""
-    return ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "-"
-
-
-def _stage_line(stage: str, ran: str, up_to_date: str, samples: int, wall_s: float, failed: int,
-                extra: str = "") -> str:
-    failed_part = f"; {failed} failed" if failed else ""
-    return (f"{stage}: ran {ran}; up to date: {up_to_date}{extra}; {samples} samples{failed_part}; "
-            f"{wall_s:.1f}s")
+    return _tokenize(root, list(tokenizers), workers=workers, force=force, batch_size=batch_size,
+                     compression=compression, ray_address=ray_address, show_progress=show_progress,
+                     storage_options=storage_options)
 
 
-def _shards(per_folder: dict[str, int] | int, none: str) -> str:
-    if not per_folder:
-        return none
-    return f"{per_folder} shards" if isinstance(per_folder, int) else f"{counts(per_folder)} shards"
+def export(root: str, fmt: str = "parquet", out: str | None = None, *, storage_options: dict | None = None) -> dict:
+    """The aligned token dataset in another format: one Parquet row per sample."""
+    if fmt != "parquet":
+        raise UserError(f"--format {fmt!r}: only 'parquet' is supported")
+    from prism4m.pipeline.export import export_parquet
+
+    return export_parquet(root, out, storage_options=storage_options)
 
 
-def _samples(reports) -> int:
-    """Samples in the shards a run wrote: one shard labelled by two actor groups counts once."""
-    return sum({r["shard"]: r.get("samples", 0) for rep in reports for r in rep.results if "shard" in r}.values())
+def tokens_versions(root: str, storage_options: dict | None = None) -> dict[str, list[dict]]:
+    """Token folders and their kept versions (card hash, shards)."""
+    from prism4m.pipeline.tokenize import token_versions
+
+    return token_versions(root, storage_options)
 
 
-def describe_ingest(s: IngestSummary) -> list[str]:
-    written = [r for rep in s.reports for r in rep.results if "shard" in r and not r.get("refused")]  # REFUSED below
-    done = sum(r.get("samples", 0) for r in written)
-    bad = sum(r.get("errors", 0) for r in written)
-    refused = sum(v for k, v in s.scan_errors.items() if k != "duplicate")
-    lines = [_stage_line("ingest", _shards(len(written), NOTHING), _shards(s.skipped_shards, "-"), done, s.wall_s,
-                         len(s.failures)),
-             f"  files: {s.files_listed} listed, {s.new_items} new items, {s.samples_planned} samples planned, "
-             f"{s.duplicates} duplicates, {refused} refused while listing/scanning, {bad} refused while decoding"]
-    if s.scan_errors:
-        lines.append(f"  listing/scan: {counts(s.scan_errors)}")
-    if s.captions_added:
-        lines.append(f"  captions: {s.captions_added} committed shards got an aligned caption shard "
-                     "(empty records: their source had no captions)")
-    for r in s.refused:
-        lines.append(f"  REFUSED {r['message']}")
-    return lines
+def tokens_select(root: str, folder: str, card_hash: str, storage_options: dict | None = None) -> int:
+    """Make a kept token version the one in the default folder; returns the shards swapped."""
+    from prism4m.pipeline.tokenize import select_token_version
+
+    return select_token_version(root, folder, card_hash, storage_options)
 
 
-def describe_label(s: LabelSummary) -> list[str]:
-    lines = [_stage_line("label", _shards(s.planned, NOTHING), _shards(s.skipped, "-"), _samples(s.reports),
-                         s.wall_s, len(s.failures))]
-    if s.stale_skipped:
-        lines.append(f"  stale (config or inputs changed), not recomputed: {counts(s.stale_skipped)} shards"
-                     " — rerun with --update-stale to recompute them")
-    if s.retried:
-        recovered = sum(r.get("recovered", 0) for rep in s.reports for r in rep.results)
-        lines.append(f"  invalid samples rerun: {counts(s.retried)} shards; {recovered} samples now valid")
-    for folder, owners in sorted(s.owned_skipped.items()):
-        lines.append(f"  {folder}: {counts(owners)} shards written by another producer, kept "
-                     "— pass --overwrite-owned to replace them")
-    return lines
+def train(config: str) -> bool:
+    """Train a 4M model from a trainer YAML (or a job spec's ``train:`` section); False when the
+    config requires beating every unigram baseline and a target modality missed it."""
+    from prism4m.trainer.config import load_config
+    from prism4m.trainer.train import required_baselines_met, train as _train
+
+    cfg = load_config(config)
+    return required_baselines_met(cfg, _train(cfg))
 
 
-def describe_tokenize(s) -> list[str]:
-    """Lines for a prism4m.tokenizers.TokenizeSummary."""
-    stale = f"; stale re-tokenized: {counts(s.stale)} shards" if s.stale else ""
-    return [_stage_line("tokenize", _shards(s.planned, NOTHING), _shards(s.skipped, "-"),
-                        _samples([s.report] if s.report else []), s.wall_s, len(s.failures), stale)]
+def labelers(config: str | None = None) -> list[tuple[str, ...]]:
+    """(name, "module:Class") of every labeler this installation knows, or with ``config`` the
+    settings of that labeler: (key, type, default, description)."""
+    from prism4m.labelers.registry import available_labelers, config_table
+
+    return sorted(available_labelers().items()) if config is None else config_table(config)
 
 
-def describe_tokenizer(card, out: str) -> list[str]:
-    """What `tokenizer train` made: where, what, and its held-out metrics as `name=value`."""
-    metrics = getattr(card, "metrics", None) or {}
-    held = metrics.get("held_out", metrics)
-    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                      for k, v in held.items() if not isinstance(v, (dict, list)))
-    return [f"tokenizer {card.modality}: {out} ({card.type}, vocab {card.vocab_size}); held-out: {shown or '-'}"]
+def run(job: str, show_progress: bool = True, echo: Callable[[str], Any] = print) -> bool:
+    """Run every step of a job spec in order (prism4m.jobs), echoing each command's lines, then
+    the status table; False when any unit failed (the others completed)."""
+    from prism4m.jobs import load_job, run_job
 
+    return run_job(load_job(job), show_progress=show_progress, echo=echo)

@@ -1,4 +1,6 @@
-"""The `prism4m` command line. Each command is a thin shell over a function of prism4m.api.
+"""The `prism4m` command line. Each command parses its options, calls the prism4m.api function
+of the same name and prints that function's ``api.describe_*`` lines; below the api, the CLI
+imports only prism4m.errors (what a user mistake is).
 
 Imports are lazy: `prism4m status` on a finished root must not pay for torch or Ray.
 A mistake the user can fix (prism4m.errors.user_error_message) prints one line `error: …` and
@@ -104,11 +106,16 @@ def parse_key_values(items: list[str]) -> dict:
     return out
 
 
-def _print_failures(kind: str, failures: list[dict]) -> None:
-    for f in failures:
-        unit = f["unit"]
-        where = f"shard-{unit.shard:06d}" if hasattr(unit, "shard") else str(unit)[:80]
-        typer.secho(f"  FAILED {kind} {where}: {f['reason']}: {f['message'][:300]}", fg=typer.colors.RED, err=True)
+def _echo(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line)
+
+
+def _print_failures(stage: str, failures: list[dict]) -> None:
+    from prism4m import api
+
+    for line in api.describe_failures(stage, failures):
+        typer.secho(line, fg=typer.colors.RED, err=True)
 
 
 @app.command()
@@ -142,8 +149,7 @@ def ingest(
                          max_retries=max_retries, show_progress=not quiet, shard_size=shard_size, short_side=short_side,
                          jpeg_quality=jpeg_quality, n_crops=n_crops, seed=seed, max_pixels=max_pixels,
                          min_side=min_side, dedup=dedup)
-    for line in api.describe_ingest(summary):
-        typer.echo(line)
+    _echo(api.describe_ingest(summary))
     if not summary.ok:  # failed units, or committed shards refused a recompute (kept as they were)
         _print_failures("ingest", summary.failures)
         raise typer.Exit(1)
@@ -186,8 +192,7 @@ def label(
                         retry_invalid=retry_invalid, overwrite_owned=overwrite_owned, ray_address=ray_address,
                         show_progress=not quiet, max_retries=max_retries,
                         storage_options=_json_opt(storage_options, "--storage-options"))
-    for line in api.describe_label(summary):
-        typer.echo(line)
+    _echo(api.describe_label(summary))
     if summary.failures:
         _print_failures("label", summary.failures)
         raise typer.Exit(1)
@@ -203,12 +208,7 @@ def status(
     from prism4m import api
 
     st = api.status(root, _json_opt(storage_options, "--storage-options"))
-    if as_json:  # shape: DatasetStatus.to_json
-        typer.echo(json.dumps(st.to_json(), indent=2))
-    else:
-        from prism4m.report.status import format_status
-
-        typer.echo(format_status(st))
+    _echo(api.describe_status(st, as_json=as_json))  # JSON shape: DatasetStatus.to_json
 
 
 @app.command()
@@ -222,8 +222,7 @@ def report(
     """A static HTML report: gallery of every modality, statistics, throughput, provenance, errors."""
     from prism4m import api
 
-    path = api.report(root, out, n_samples=samples, tokenizers=tokenizer or None, seed=seed)
-    typer.echo(f"report: {path}")
+    _echo(api.describe_report(api.report(root, out, samples=samples, tokenizers=tokenizer or None, seed=seed)))
 
 
 @app.command()
@@ -234,13 +233,16 @@ def estimate(
     root: Optional[str] = typer.Option(None, "--root", help="measure throughput from this root's ledger (a pilot run)"),
     cpus_per_gpu: int = typer.Option(8, "--cpus-per-gpu", help="CPU cores per GPU for CPU-only labelers"),
     speedup: float = typer.Option(1.0, "--speedup", help="assumed GPU speedup over the measured device"),
+    bench: Optional[str] = typer.Option(None, "--bench", metavar="FILE",
+                                        help="without --root: the benchmark JSON `make bench` writes "
+                                             "[default: a prism4m checkout's benchmarks/results/latest.json]"),
 ) -> None:
     """Hours and GPU-hours to label a corpus, from measured throughput (assumptions printed)."""
     from prism4m import api
-    from prism4m.report.estimate import format_estimate
 
     names = [x.strip() for x in labelers.split(",") if x.strip()] if labelers else None
-    typer.echo(format_estimate(api.estimate(images, gpus, names, root, cpus_per_gpu=cpus_per_gpu, speedup=speedup)))
+    _echo(api.describe_estimate(api.estimate(images, gpus, names, root, cpus_per_gpu=cpus_per_gpu, speedup=speedup,
+                                             bench=bench)))
 
 
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train and inspect tokenizers.")
@@ -262,12 +264,10 @@ def tokenizer_train(
 ) -> None:
     """Train a tokenizer on a root's labels; periodic checkpoints, resumable; metrics in its card."""
     from prism4m import api
-    from prism4m.pipeline.tokenizer_training import train_tokenizer
 
-    card = train_tokenizer(root, modality, out, parse_key_values(settings), progress=not quiet,
-                           storage_options=_json_opt(storage_options, "--storage-options"))
-    for line in api.describe_tokenizer(card, out):
-        typer.echo(line)
+    card = api.tokenizer_train(root, modality, out, parse_key_values(settings), show_progress=not quiet,
+                               storage_options=_json_opt(storage_options, "--storage-options"))
+    _echo(api.describe_tokenizer(card, out))
 
 
 @app.command()
@@ -285,19 +285,11 @@ def tokenize(
 ) -> None:
     """Crop × label → int16 tokens in tok_<mod>@<res>/ shards; a new tokenizer re-tokenizes, no relabeling."""
     from prism4m import api
-    from prism4m.pipeline.tokenize import tokenize as _tokenize
 
-    from prism4m.contract.store import shard_compression
-
-    try:
-        shard_compression(compression)
-    except ValueError as exc:
-        raise UserError(f"--compression: {exc}")
-    summary = _tokenize(root, list(tokenizer), workers=workers, force=force, batch_size=batch_size,
-                        compression=compression, ray_address=ray_address, show_progress=not quiet,
-                        storage_options=_json_opt(storage_options, "--storage-options"))
-    for line in api.describe_tokenize(summary):
-        typer.echo(line)
+    summary = api.tokenize(root, list(tokenizer), workers=workers, force=force, batch_size=batch_size,
+                           compression=compression, ray_address=ray_address, show_progress=not quiet,
+                           storage_options=_json_opt(storage_options, "--storage-options"))
+    _echo(api.describe_tokenize(summary))
     if not summary.ok:
         _print_failures("tokenize", summary.failures)
         raise typer.Exit(1)
@@ -311,20 +303,17 @@ def export(
     storage_options: Optional[str] = STORAGE,
 ) -> None:
     """Write the aligned token dataset in another format (one Parquet row per sample)."""
-    if fmt != "parquet":
-        raise UserError(f"--format {fmt!r}: only 'parquet' is supported")
-    from prism4m.pipeline.export import export_parquet
+    from prism4m import api
 
-    result = export_parquet(root, out, storage_options=_json_opt(storage_options, "--storage-options"))
-    typer.echo(f"export: {result['rows']} rows in {len(result['parts'])} parts; columns: {', '.join(result['columns'])}")
+    _echo(api.describe_export(api.export(root, fmt, out, storage_options=_json_opt(storage_options, "--storage-options"))))
 
 
 @tokens_app.command("versions")
 def tokens_versions(root: str = root_argument(), storage_options: Optional[str] = STORAGE) -> None:
     """Token folders and their kept versions (card hash, shards)."""
-    from prism4m.pipeline.tokenize import token_versions
+    from prism4m import api
 
-    typer.echo(json.dumps(token_versions(root, _json_opt(storage_options, "--storage-options")), indent=2, default=str))
+    _echo(api.describe_tokens_versions(api.tokens_versions(root, _json_opt(storage_options, "--storage-options"))))
 
 
 @tokens_app.command("select")
@@ -332,20 +321,19 @@ def tokens_select(root: str = root_argument(), folder: str = typer.Argument(...,
                   card_hash: str = typer.Argument(..., help="card hash (or its first 8 characters)"),
                   storage_options: Optional[str] = STORAGE) -> None:
     """Make a kept token version the one in the default folder ml-4m reads."""
-    from prism4m.pipeline.tokenize import select_token_version
+    from prism4m import api
 
-    swapped = select_token_version(root, folder, card_hash, _json_opt(storage_options, "--storage-options"))
-    typer.echo(f"selected {folder} {card_hash}: {swapped} shards")
+    swapped = api.tokens_select(root, folder, card_hash, _json_opt(storage_options, "--storage-options"))
+    _echo(api.describe_tokens_select(folder, card_hash, swapped))
 
 
 @app.command()
 def train(config: str = typer.Argument(..., help="trainer YAML (or a job spec with a train: section)")) -> None:
     """Train a 4M encoder-decoder straight from token shards; prints val loss vs unigram baselines."""
-    from prism4m.trainer.train import main as train_main
+    from prism4m import api
 
-    code = train_main(config)
-    if code:
-        raise typer.Exit(code)
+    if not api.train(config):  # a required baseline was missed
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -354,17 +342,9 @@ def labelers(
                                          help="show NAME's settings: key, type, default, description"),
 ) -> None:
     """List the labelers this installation knows (built-ins and entry points), or one's settings."""
-    from prism4m.labelers.registry import available_labelers, config_table
+    from prism4m import api
 
-    if config is None:
-        rows = sorted(available_labelers().items())
-    else:
-        rows = [("key", "type", "default", "description"), *config_table(config)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        typer.echo("  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip())
-    if config is not None:
-        typer.echo(f"set with: prism4m label ROOT -m {config} -c {config}.KEY=VALUE")
+    _echo(api.describe_labelers(api.labelers(config), config))
 
 
 @app.command()
@@ -372,13 +352,8 @@ def run(job: str = typer.Argument(..., help="job spec YAML (see jobs/)"), quiet:
     """Run every step of a job spec: ingest → label → …"""
     from prism4m import api
 
-    ok = api.run_job(job, show_progress=not quiet)
-    if not ok:
+    if not api.run(job, show_progress=not quiet, echo=typer.echo):
         raise typer.Exit(1)
-
-
-def main() -> None:  # pragma: no cover - console entry
-    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

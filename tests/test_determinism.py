@@ -47,13 +47,13 @@ def _job(tmp_path: Path, name: str, source: Path, workers: int) -> Path:
 
 
 def test_two_runs_of_the_same_job_are_byte_identical(ray_session, photo_corpus, tmp_path, capsys):
-    from prism4m.api import run_job
+    from prism4m.api import run
 
     source = tmp_path / "corpus"
     shutil.copytree(photo_corpus, source)
     (source / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # an _errors line too
-    assert run_job(str(_job(tmp_path, "a", source, 1)), show_progress=False)
-    assert run_job(str(_job(tmp_path, "b", source, 2)), show_progress=False)
+    assert run(str(_job(tmp_path, "a", source, 1)), show_progress=False)
+    assert run(str(_job(tmp_path, "b", source, 2)), show_progress=False)
     a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
 
     assert sorted(a) == sorted(b), set(a) ^ set(b)

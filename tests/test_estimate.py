@@ -79,3 +79,31 @@ def test_estimate_from_benchmark_file(tmp_path):
 def test_estimate_rejects_nonsense():
     with pytest.raises(ValueError):
         estimate(images=10, gpus=0)
+
+
+def test_without_a_root_the_benchmark_file_is_explicit_or_the_checkouts(tmp_path, monkeypatch):
+    """`estimate --bench FILE`; without it a checkout's benchmarks/results/latest.json, and when
+    there is none (an installed package) one clear line saying what to pass."""
+    from typer.testing import CliRunner
+
+    import prism4m.report.estimate as estimate_mod
+    from prism4m.cli import app
+    from prism4m.errors import UserError
+
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"device": "cpu", "label_canny_edge_img_per_s": 50.0}))
+    runner = CliRunner()
+    out = runner.invoke(app, ["estimate", "--images", "100", "--gpus", "1", "--bench", str(bench)])
+    assert out.exit_code == 0, out.output
+    assert "canny_edge" in out.stdout and f"benchmark figures ({bench})" in out.stdout
+
+    missing = runner.invoke(app, ["estimate", "--images", "100", "--gpus", "1", "--bench", str(tmp_path / "nope.json")])
+    assert missing.exit_code == 2 and "--bench" in missing.stderr and "no such file" in missing.stderr
+
+    monkeypatch.setattr(estimate_mod, "CHECKOUT_BENCH_FILE", tmp_path / "no_checkout" / "latest.json")
+    with pytest.raises(UserError, match="--root PILOT .* or --bench FILE"):
+        estimate(images=100, gpus=1)
+    bare = runner.invoke(app, ["estimate", "--images", "100", "--gpus", "1"])
+    assert bare.exit_code == 2 and bare.stderr.startswith("error: no throughput to estimate from")
+    monkeypatch.setattr(estimate_mod, "CHECKOUT_BENCH_FILE", bench)
+    assert [r.name for r in estimate(images=100, gpus=1).rows] == ["canny_edge"]

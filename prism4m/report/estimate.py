@@ -2,8 +2,9 @@
 
 Throughput comes from the ledger of a root that was already labelled (a pilot run: samples /
 wall_s per record, i.e. per actor) or, without a root, from the benchmark figures
-`label_<name>_img_per_s` in benchmarks/results/latest.json. The model is deliberately simple
-and every assumption is printed with the numbers:
+`label_<name>_img_per_s` of a `make bench` JSON (``bench_file``: `estimate --bench FILE`; by
+default a prism4m checkout's benchmarks/results/latest.json, when there is one). The model is
+deliberately simple and every assumption is printed with the numbers:
 
 - one actor processes `img_per_s` images per second, as measured, times `speedup` (1 unless
   the user says the target device is faster than the one measured on);
@@ -26,9 +27,26 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prism4m.errors import UserError
 from prism4m.report.throughput import ledger_throughput
 
-BENCH_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "latest.json"
+# Where `make bench` writes in a prism4m checkout (an editable install); an installed package
+# has no such file, and then a run without --root needs --bench.
+CHECKOUT_BENCH_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "latest.json"
+
+
+def bench_path(bench_file: Path | str | None) -> Path:
+    """The benchmark JSON to read: ``bench_file``, or the checkout's when it exists; a UserError
+    that says what to pass otherwise."""
+    if bench_file is not None:
+        path = Path(bench_file)
+        if not path.is_file():
+            raise UserError(f"--bench {bench_file}: no such file (write one with `make bench` in a prism4m checkout)")
+        return path
+    if CHECKOUT_BENCH_FILE.is_file():
+        return CHECKOUT_BENCH_FILE
+    raise UserError("no throughput to estimate from: pass --root PILOT (a root a pilot run labelled) or "
+                    "--bench FILE (the JSON `make bench` writes, benchmarks/results/latest.json in a prism4m checkout)")
 
 
 @dataclass
@@ -99,13 +117,12 @@ def _measurements(root: str | None, bench_file: Path | str | None = None,
                 out[t.producer] = (t.img_per_s, f"ledger: {t.records} shards, {t.samples} samples, "
                                                 f"{t.wall_s:.1f} actor-s", t.device, random)
         return out
-    path = Path(bench_file) if bench_file else BENCH_FILE
-    if path.exists():
-        bench = json.loads(path.read_text())
-        device = str(bench.get("device", "not recorded"))
-        for k, v in bench.items():
-            if k.startswith("label_") and k.endswith("_img_per_s") and isinstance(v, (int, float)) and v > 0:
-                out[k[len("label_"):-len("_img_per_s")]] = (float(v), f"benchmark {path.name}", device, False)
+    path = bench_path(bench_file)
+    bench = json.loads(path.read_text())
+    device = str(bench.get("device", "not recorded"))
+    for k, v in bench.items():
+        if k.startswith("label_") and k.endswith("_img_per_s") and isinstance(v, (int, float)) and v > 0:
+            out[k[len("label_"):-len("_img_per_s")]] = (float(v), f"benchmark {path.name}", device, False)
     return out
 
 
@@ -129,7 +146,7 @@ def estimate(images: int, gpus: int, labelers: list[str] | None = None, root: st
             actors = max(1, math.floor(gpus * cpus_per_gpu / max(c, 1e-9)))
         hours = images / (rate * speedup * actors) / 3600
         est.rows.append(LabelerEstimate(name, rate, source, device, g, c, actors, hours, hours * gpus, random))
-    where = f"the ledger of {root}" if root else f"benchmark figures ({Path(bench_file or BENCH_FILE)})"
+    where = f"the ledger of {root}" if root else f"benchmark figures ({bench_path(bench_file)})"
     devices = sorted({r.device for r in est.rows}) or ["-"]
     est.assumptions = [
         f"throughput per actor measured from {where}, on device: {', '.join(devices)}"
