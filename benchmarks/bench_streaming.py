@@ -1,0 +1,78 @@
+"""Streaming label worker: how busy it keeps a (simulated) accelerator.
+
+`accel_busy_fraction`: simulated device time ÷ wall time of the label stage (one actor,
+Ray already up) on the 2,000-image root, with the streaming worker (pipeline_depth 3);
+`accel_busy_fraction_serial`: the same with the serial worker (pipeline_depth 1). The
+simulated model (prism4m.labelers.testing.SimulatedAcceleratorLabeler) sleeps a fixed time
+per image, using no CPU, set to the measured CPU work per image (read, decode, write) so
+that the device time per batch is at least the CPU work per batch, as the goal states.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_foundation import N_IMAGES, generate_jpegs  # noqa: E402
+
+
+def _cpu_seconds_per_image(root: str) -> float:
+    """Read + decode every rgb member of the root, per image (the worker's CPU share)."""
+    from prism4m.contract.store import DatasetStore
+    from prism4m.pipeline.label import decode_rgb
+
+    store = DatasetStore(root)
+    t0 = time.perf_counter()
+    n = 0
+    for s in sorted(store.ledger("rgb")):
+        for m in store.read_shard("rgb", s):
+            decode_rgb(m)
+            n += 1
+    return (time.perf_counter() - t0) / max(n, 1)
+
+
+def run(workdir: str) -> dict:
+    from prism4m.labelers.testing import write_entry_point_plugin
+
+    wd = Path(workdir)
+    plugin = write_entry_point_plugin(wd / "plugin")  # Ray workers find the test labeler through it
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (plugin, os.environ.get("PYTHONPATH")) if p)
+    sys.path.insert(0, plugin)
+
+    from prism4m.pipeline.ingest import ingest
+    from prism4m.pipeline.label import label
+    from prism4m.pipeline.ray_env import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    generate_jpegs(wd / "corpus", N_IMAGES)
+    base = wd / "root"
+    ingest(str(wd / "corpus"), str(base), shard_size=100, show_progress=False)
+    per_image = _cpu_seconds_per_image(str(base))
+    spi = round(max(0.004, per_image), 4)
+    out = {"accel_seconds_per_image": spi, "accel_cpu_seconds_per_image": round(per_image, 4)}
+    import shutil
+
+    for depth, key in ((1, "accel_busy_fraction_serial"), (3, "accel_busy_fraction")):
+        root = wd / f"depth{depth}"
+        shutil.copytree(base, root)
+        t0 = time.perf_counter()
+        s = label(str(root), ["simulated_accelerator"],
+                  {"simulated_accelerator": {"seconds_per_image": spi, "pipeline_depth": depth}},
+                  workers=1, show_progress=False)
+        wall = time.perf_counter() - t0
+        assert s.ok, s.failures
+        busy = sum(end - start for start, end in (r["compute_span"] for r in s.results))
+        out[key] = round(busy / wall, 3)
+        out[f"{key}_wall_s"] = round(wall, 2)
+    return out
+
+
+if __name__ == "__main__":
+    import json
+
+    with tempfile.TemporaryDirectory() as d:
+        print(json.dumps(run(d), indent=2))
