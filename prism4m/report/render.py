@@ -207,6 +207,11 @@ def render_sam_instance(data: bytes, ctx: SampleContext) -> Panel:
     return Panel(img, f"{len(inst)} instances")
 
 
+#: keypoints scoring below this are not drawn: the model puts them off-frame or occluded
+#: (VitPose's heatmap peak and BlazePose's visibility are both ~0..1)
+POSE_MIN_SCORE = 0.3
+
+
 def render_poses(data: bytes, ctx: SampleContext) -> Panel:
     persons = json.loads(data).get("persons", []) if data.strip() else []
     img = _base(ctx)
@@ -216,11 +221,13 @@ def render_poses(data: bytes, ctx: SampleContext) -> Panel:
         if "bbox_xyxy" in p:
             draw.rectangle(tuple(p["bbox_xyxy"]), outline=c, width=1)
         kp = p.get("keypoints", [])
+        shown = [len(k) < 3 or k[2] >= POSE_MIN_SCORE for k in kp]
         for a, b in COCO_SKELETON:
-            if a < len(kp) and b < len(kp):
+            if a < len(kp) and b < len(kp) and shown[a] and shown[b]:
                 draw.line((kp[a][0], kp[a][1], kp[b][0], kp[b][1]), fill=c, width=2)
-        for x, y, *_ in kp:
-            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=(255, 255, 255), outline=c)
+        for (x, y, *_), s in zip(kp, shown):
+            if s:
+                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=(255, 255, 255), outline=c)
     return Panel(img, f"{len(persons)} person(s)")
 
 
