@@ -3,8 +3,8 @@
 `RENDERERS` maps a folder name to a small function; adding a modality is one entry. Folders
 not in the table fall back on the member's file type (`GENERIC`; the modalities of
 prism4m.contract.modalities shown that way on purpose are `GENERIC_FOLDERS`), token folders
-(`tok_*`) share one renderer. Renderers receive the sample's rgb image and crop rows so labels can be
-drawn where they belong (boxes, poses, instances, crops).
+(`tok_*`) share one renderer. Renderers receive the sample's rgb image and crop rows so labels
+can be drawn where they belong (boxes, poses, instances, crops).
 """
 
 from __future__ import annotations
