@@ -6,7 +6,7 @@ VQ/MLP, ``tokenizer.json`` for WordPiece). The card describes the token-producin
 and how it was obtained (training data, config hash, reconstruction metrics, codebook usage).
 Two honesty flags: ``random_weights`` (the tokenizer itself never trained) and
 ``trained_on_random_weights`` (it trained on labels a random-weight model produced); a token
-folder written by either carries ``random_weights`` in its ledger (pretokenize.py).
+folder written by either carries ``random_weights`` in its ledger (the tokenize stage, prism4m.pipeline.tokenize).
 
 ``card_hash`` covers only the fields that change the tokens a sample gets: the ledger of a
 token folder records it, so swapping in a different tokenizer makes those shards stale
