@@ -12,8 +12,9 @@ label:
 Steps present in the file run in the order ingest → label → tokenizers → tokenize → train; each
 is a small function from its section to the lines the matching command prints (prism4m.describe).
 A `train:` section is the trainer's config (see jobs/train-tiny.yaml); its data.root defaults to
-the job's root. Relative local paths are relative to the job file. YAML is read with safe_load only;
-every section is checked when the file is loaded, before any step runs.
+the job's root. Relative local paths are relative to the job file. YAML is read with safe_load only.
+The job's keys, the ingest settings and the train: section are checked when the file is loaded;
+labeler and tokenizer settings by their stage, before it does any work.
 """
 
 from __future__ import annotations
