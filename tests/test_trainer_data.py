@@ -241,3 +241,27 @@ def test_unigram_baseline_matches_the_generated_distribution(tmp_path):
     assert int(train["tok_a@32"].sum()) == 200 * 16
     ce = cross_entropy_of_counts(held_out["tok_a@32"], train["tok_a@32"])
     assert entropy_of_counts(held_out["tok_a@32"]) <= ce < np.log(32) + 0.1
+
+
+@pytest.mark.parametrize("name,kind", [("../evil.npy", "file"), ("a/b.npy", "file"), ("noext", "file"),
+                                       ("bad key.npy", "file"), ("link.npy", "symlink"), ("dir", "dir")])
+def test_tar_reader_refuses_what_the_store_refuses(tmp_path, name, kind):
+    import io
+    import tarfile
+
+    from prism4m.contract.store import UnsafeTarMember, iter_tar_bytes
+    from prism4m.trainer.shards import iter_tar_members
+
+    path = tmp_path / "shard-000000.tar"
+    with tarfile.open(path, "w") as tar:
+        tar.addfile(tarfile.TarInfo("ok.npy"), io.BytesIO(b""))
+        info = tarfile.TarInfo(name)
+        if kind == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, "ok.npy"
+        elif kind == "dir":
+            info.type = tarfile.DIRTYPE
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(UnsafeTarMember):
+        list(iter_tar_bytes(path.read_bytes(), str(path)))
+    with pytest.raises(UnsafeTarMember, match="shard-000000.tar"):
+        list(iter_tar_members(str(path)))
