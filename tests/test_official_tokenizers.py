@@ -228,3 +228,46 @@ def test_config_errors():
         parse_config({"domain": "rgb", "enc_type": "vit_b_enc", "enc_dim_tokens": 512})
     with pytest.raises(OfficialConfigError, match="Euclidean"):
         parse_config({"domain": "rgb", "norm_codes": False})
+
+
+# ---------------------------------------------------------------------- the tokenize stage's view
+@pytest.mark.parametrize("family", ["semseg", "depth", "normal", "edge"])
+def test_stage_adapter_pixel_labels(family):
+    """Labels as the stage decodes them (uint8/uint16 arrays) → ml-4m's ids, every crop row."""
+    from prism4m.tokenizers.fourm.adapter import OfficialStageTokenizer
+
+    tok = OfficialStageTokenizer.load(str(FX / family))
+    inp = json.loads((FX / family / "inputs.json").read_text())
+    want = np.load(FX / family / "tokens.npy")
+    for i, p in enumerate(inp["photos"]):
+        rows = np.load(FX / "_inputs" / p / "crop_settings_scene.npy")
+        label = np.asarray(Image.open(FX / "_inputs" / p / f"{inp['task']}.png"))
+        x, layout = tok.prepare_sample(label, rows, label.shape[:2])
+        assert layout is None and (tok.encode(x) == want[i]).all(), (family, p)
+    assert tok.card.type == "ml4m" and tok.card.weights["sha256"] == tok.official.weights_sha256
+    assert tok.card.architecture["official_id"] == FAMILIES[family].hub_id
+
+
+@pytest.mark.parametrize("family", ["clip", "dinov2", "dinov2_global"])
+def test_stage_adapter_feature_labels(family):
+    """prism4m's feature labels (1 + h·w, C), row 0 global, on the centred square: crop row 0
+    gives ml-4m's ids for that map; other rows are resampled maps, still (n_crops, n_tokens)."""
+    from prism4m.tokenizers.fourm.adapter import OfficialStageTokenizer
+
+    tok = OfficialStageTokenizer.load(str(FX / family))
+    feats = np.load(FX / family / "features.npy")
+    want = np.load(FX / family / "tokens.npy")
+    hw = (160, 240)
+    rows = np.array([[0, 40, 160, 160, 0], [0, 10, 160, 200, 1], [5, 50, 150, 150, 0]])
+    for i in range(len(feats)):
+        c = feats.shape[2]
+        if family == "dinov2_global":
+            label = np.concatenate([feats[i], np.zeros((4, c), np.float16)])  # global + a 2×2 map
+        else:
+            label = np.concatenate([np.zeros((1, c), np.float16), feats[i]])
+        x, _ = tok.prepare_sample(label.astype(np.float32), rows, hw)
+        ids = tok.encode(x)
+        assert ids.shape == (3, tok.card.n_tokens)
+        assert (ids[0] == want[i]).all(), (family, i)
+    folder = {"clip": "tok_clip@224", "dinov2": "tok_dinov2@224", "dinov2_global": "tok_dinov2_global"}[family]
+    assert tok.card.token_folder == folder

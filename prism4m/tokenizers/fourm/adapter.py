@@ -1,0 +1,168 @@
+"""A published ml-4m tokenizer as the tokenize stage sees a tokenizer: card, spec, prepare, encode.
+
+``OfficialStageTokenizer`` wraps ``load.OfficialTokenizer`` with the interface of
+``prism4m.tokenizers.base.NeuralTokenizer`` (``card``, ``spec``, ``prepare_sample``,
+``encode``, ``member_bytes``, ``card_hash``), so ``prism4m tokenize ROOT -t DIR`` treats a
+card-less official checkpoint like one of ours. Its card is made, never stored: type
+``ml4m``, the official id, the config it was built from, ml-4m's preprocessing and the
+safetensors' sha256 — the fields whose change changes the ids, hence the token-version
+hash.
+
+Crops. Pixel modalities are cut from the label with each crop_settings row exactly as
+ml-4m's ``save_vq_tokens.py`` cuts them (``preprocess.py``). Feature maps are where prism4m
+differs: ml-4m runs CLIP/DINOv2 on every crop, prism4m's feature labelers run once on the
+centred square (crop_settings row 0). Row 0 is fed the stored map unchanged (ml-4m's input,
+given the same features); other rows get the stored map resampled to the row
+(``modality.rasters.crop_feature_map``), an approximation of recomputing the features.
+Global embeddings are the same for every row.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from prism4m.contract.members import encode_npy
+from prism4m.errors import UserError
+from prism4m.tokenizers.card import TokenizerCard
+from prism4m.tokenizers.fourm.families import Family
+from prism4m.tokenizers.fourm.load import WEIGHTS_FILE, OfficialTokenizer, load_official
+
+TYPE = "ml4m"
+INPUT_SIZE = 224
+
+#: family → the tokenize spec (card ``modality``) of each label folder it can read
+_SPEC_NAMES = {"rgb": "rgb", "depth": "depth", "normal": "normal", "semseg": "semseg_coco", "clip": "clip",
+               "dinov2": "dinov2", "imagebind": "imagebind", "dinov2_global": "dinov2_global",
+               "imagebind_global": "imagebind_global"}
+
+PREPROCESSING = {
+    "rgb": "ml-4m RGBTransform(imagenet_default_mean_and_std=False): crop, PIL resize (BICUBIC), hflip, /255, "
+           "(x-0.5)/0.5",
+    "depth": "ml-4m DepthTransform(standardize_depth=True): crop, PIL resize of the 16-bit image, hflip, /65535, "
+             "truncated standardisation (10%/90%)",
+    "normal": "ml-4m NormalTransform(standardize_surface_normals=False): crop, PIL resize (BICUBIC), hflip with "
+              "R=255-R, /255, (x-0.5)/0.5",
+    "edge": "ml-4m RGBTransform(imagenet_default_mean_and_std=False) on the edge image",
+    "semseg": "ml-4m SemsegTransform(shift_idx_by_one=True): ids+1 in uint8, crop, PIL resize NEAREST, hflip",
+    "feature_map": "save_vq_tokens.py: patch tokens (h*w, C) as a (C, h, w) map; row 0 the stored map, other rows "
+                   "the map resampled to the row (prism4m)",
+    "feature_global": "save_vq_tokens.py: the CLS embedding (C,) as (C, 1, 1), for every row",
+}
+
+
+def spec_name(family: Family, label_folder: str | None = None) -> str:
+    """The tokenize spec (prism4m label folder reading rule) this family's tokens come from."""
+    if not family.supported:
+        raise UserError(f"{family.short_id}: {family.refusal}")
+    if family.name == "edge":
+        name = label_folder or family.label_folders[0]
+        if name not in family.label_folders:
+            raise UserError(f"{family.short_id} tokenizes {' or '.join(family.label_folders)}, not {name!r}")
+        return name
+    return _SPEC_NAMES[family.name]
+
+
+def official_card(official: OfficialTokenizer, label_folder: str | None = None,
+                  input_size: int = INPUT_SIZE) -> TokenizerCard:
+    """The card of an official tokenizer at ``input_size`` (made, not stored)."""
+    fam, cfg = official.family, official.config
+    name = spec_name(fam, label_folder)
+    global_tokens = cfg.mlp is not None
+    g = cfg.grid(input_size)
+    normalisation = {"ml4m": PREPROCESSING[fam.kind]}
+    if fam.kind == "depth":
+        normalisation["depth_resample"] = official.depth_resample
+    return TokenizerCard(
+        type=TYPE, modality=name, token_folder=fam.out_folder_for(name, input_size),
+        vocab_size=cfg.codebook_size, n_tokens=cfg.n_tokens(input_size),
+        token_grid=[1, cfg.num_codebooks] if global_tokens else [g, g],
+        input_size=None if global_tokens else input_size, patch_size=None if global_tokens else cfg.patch_size,
+        normalisation=normalisation,
+        architecture={"official_id": fam.hub_id, **cfg.describe()},
+        weights={"file": WEIGHTS_FILE, "sha256": official.weights_sha256},
+        training={"source": "apple/ml-4m published tokenizer", "official_id": fam.hub_id,
+                  "loaded_from": official.source,
+                  "decoder": "not loaded (tokenizing needs only the encoder and quantizer)"},
+    )
+
+
+class OfficialStageTokenizer:
+    """The tokenize stage's view of a published tokenizer (see module docstring)."""
+
+    type: ClassVar[str] = TYPE
+    member_ext: ClassVar[str] = "npy"
+
+    def __init__(self, official: OfficialTokenizer, label_folder: str | None = None,
+                 input_size: int = INPUT_SIZE):
+        from prism4m.modality.specs import get_spec
+
+        self.official = official
+        self.card = official_card(official, label_folder, input_size)
+        try:
+            self.spec = get_spec(self.card.modality)
+        except KeyError:
+            raise UserError(f"{official.family.short_id}: prism4m has no {self.card.modality!r} labels to "
+                            "tokenize") from None
+        self.input_size = input_size
+
+    @classmethod
+    def load(cls, source: str, *, family: str | None = None, label_folder: str | None = None,
+             input_size: int = INPUT_SIZE, device: str = "cpu", **kw) -> "OfficialStageTokenizer":
+        official = load_official(source, family=family, device=device, **kw)
+        official.check_supported()
+        return cls(official, label_folder, input_size)
+
+    # ------------------------------------------------------------------ the stage's interface
+    def card_hash(self) -> str:
+        return self.card.card_hash()
+
+    def prepare(self, value: np.ndarray, rows: np.ndarray, image_hw: tuple[int, int],
+                region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        kind = self.official.family.kind
+        if kind in ("feature_map", "feature_global"):
+            return self._prepare_features(value, rows, image_hw, region)
+        return self.official.inputs(value, rows, self.input_size).numpy()
+
+    def prepare_sample(self, value: Any, rows: np.ndarray, image_hw: tuple[int, int],
+                       region: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, None]:
+        return self.prepare(value, rows, image_hw, region), None
+
+    def _prepare_features(self, value, rows, image_hw, region) -> np.ndarray:
+        from prism4m.contract.crop_settings import centre_square
+        from prism4m.modality.cropping import split_features
+        from prism4m.modality.rasters import crop_feature_map
+
+        rows = np.asarray(rows).reshape(-1, 5)
+        region = tuple(int(v) for v in (region or centre_square(*image_hw)))
+        glob, fmap = split_features(np.asarray(value, dtype=np.float32), region[2:])
+        if self.official.family.kind == "feature_global":
+            return np.repeat(glob[None].astype(np.float32), len(rows), axis=0)
+        grid = self.official.config.grid(self.input_size)
+        out = []
+        for r in rows:
+            if tuple(int(v) for v in r[:4]) == region and not r[4] and fmap.shape[:2] == (grid, grid):
+                out.append(np.ascontiguousarray(fmap.transpose(2, 0, 1)))  # what the labeler computed
+            else:
+                out.append(crop_feature_map(fmap, r, region, grid))
+        return np.stack(out).astype(np.float32)
+
+    def encode(self, batch: Any) -> np.ndarray:
+        """Encoder inputs (B, …) → ids (B, n_tokens) int64."""
+        x = torch.as_tensor(np.asarray(batch))
+        kind = self.official.family.kind
+        if kind == "feature_map":  # save_vq_tokens.py hands the encoder a permuted (channels-last) view
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif kind == "feature_global":
+            x = x[:, :, None, None]
+        return self.official.encode(x)
+
+    def member_bytes(self, tokens: np.ndarray, layout: Any = None) -> bytes:
+        """``KEY.npy`` int16 ``(n_crops, n_tokens)``, as ml-4m's save_vq_tokens.py writes it."""
+        return encode_npy(np.asarray(tokens).astype(np.int16))
+
+    def decode(self, ids: Any) -> np.ndarray:
+        raise NotImplementedError(f"{self.official.family.short_id}: prism4m loads only the encoder and quantizer "
+                                  "of ml-4m's tokenizers (the DiVAE decoders are diffusion models); no reconstruction")
