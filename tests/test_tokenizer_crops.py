@@ -119,3 +119,14 @@ def test_normalisation():
     depth = np.random.default_rng(0).normal(1000, 50, size=(2, 1, 16, 16)).astype(np.float32)
     z = normalise(get_spec("depth"), depth)
     assert abs(float(np.median(z[0]))) < 0.2 and 1.0 < float(z[0].std()) < 2.0
+
+
+def test_a_whole_image_feature_map_keeps_the_model_s_square_grid():
+    """clip `fit: resize` stretches a square 14×14 map over the whole image: a 2:1 image's map
+    is still 14×14 (its region's aspect must not refactor it into 7×28)."""
+    from prism4m.modality.cropping import split_features
+
+    value = np.arange(197 * 3, dtype=np.float32).reshape(197, 3)
+    glob, fmap = split_features(value)
+    assert fmap.shape == (14, 14, 3)
+    assert (glob == value[0]).all() and (fmap[0, 1] == value[2]).all()

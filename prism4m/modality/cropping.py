@@ -16,9 +16,13 @@ from prism4m.modality.rasters import crop_feature_map, crop_raster
 from prism4m.modality.specs import TokenSpec, feature_grid
 
 
-def split_features(value: np.ndarray, region_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Labeler layout (1 + h*w, C) → (global (C,), map (h, w, C))."""
-    h, w = feature_grid(value.shape[0] - 1, region_hw)
+def split_features(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labeler layout (1 + h*w, C) → (global (C,), map (h, w, C)).
+
+    The grid is the model input's, and that input is square (``fit: center_crop`` or
+    ``resize``), whatever region of the image it covers: a 14×14 map stretched over a 2:1
+    image is still 14×14, not the 7×28 the region's aspect would suggest."""
+    h, w = feature_grid(value.shape[0] - 1, (1, 1))
     return value[0], value[1:].reshape(h, w, value.shape[1])
 
 
@@ -39,7 +43,7 @@ def crop_all(spec: TokenSpec, value: np.ndarray, rows: np.ndarray, input_size: i
     if spec.kind in ("image", "classes"):
         return np.stack([crop_raster(value, r, input_size, spec.resample, spec.flip) for r in rows])
     region = region or centre_square(*image_hw)  # crop_settings row 0: what feature labelers encode
-    glob, fmap = split_features(value, region[2:])
+    glob, fmap = split_features(value)
     if spec.kind == "global":
         return np.repeat(glob[None], len(rows), axis=0)
     grid = input_size // spec.patch_size

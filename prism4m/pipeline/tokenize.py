@@ -27,9 +27,8 @@ from prism4m.contract.store import (DatasetStore, Member, absolute_url, content_
 from prism4m.errors import UserError, describe_validation_error
 from prism4m.modality.samples import iter_shard_inputs
 from prism4m.modality.specs import SPECS
-from prism4m.pipeline.execute import RunReport, run_units
-from prism4m.pipeline.progress import Progress
-from prism4m.pipeline.ray_env import ensure_ray
+from prism4m.pipeline.execute import RunReport
+from prism4m.pipeline.stage import StageSummary, finish_stage, run_stage_units
 from prism4m.tokenizers.card import CARD_FILE, MAX_VOCAB, read_card
 from prism4m.tokenizers.registry import load_tokenizer
 
@@ -59,24 +58,12 @@ class TokenizeUnit:
 
 
 @dataclass
-class TokenizeSummary:
-    planned: dict[str, int] = field(default_factory=dict)   # folder → shards to (re)compute
-    skipped: dict[str, int] = field(default_factory=dict)   # folder → up to date
+class TokenizeSummary(StageSummary):
     stale: dict[str, int] = field(default_factory=dict)     # folder → recomputed because stale
-    report: RunReport | None = None
-    wall_s: float = 0.0
 
     @property
-    def failures(self) -> list[dict]:
-        return self.report.failures if self.report else []
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    @property
-    def samples(self) -> int:
-        return self.report.samples if self.report else 0
+    def report(self) -> RunReport | None:
+        return self.reports[0] if self.reports else None
 
 
 def tokenizer_producer(card, folder: str) -> dict:
@@ -292,11 +279,11 @@ def plan_tokenize(store: DatasetStore, jobs: list[TokenizeJob], force: bool = Fa
                           job.source_folder: content_hash(src)}
             if rec is not None and not force:
                 if rec.get("producer_hash") == job.producer_hash and rec.get("inputs") == inputs_now:
-                    summary.skipped[job.folder] = summary.skipped.get(job.folder, 0) + 1
+                    summary.count(summary.skipped, job.folder)
                     continue
-                summary.stale[job.folder] = summary.stale.get(job.folder, 0) + 1
+                summary.count(summary.stale, job.folder)
             todo[s].append(ji)
-            summary.planned[job.folder] = summary.planned.get(job.folder, 0) + 1
+            summary.count(summary.planned, job.folder)
     return [TokenizeUnit(s, tuple(js)) for s, js in sorted(todo.items())], summary
 
 
@@ -316,7 +303,6 @@ def tokenize(root: str, tokenizer_dirs: list[str] | str, *, workers: int | None 
     ``workers`` actors (default: cluster CPUs ÷ ``num_cpus``), each with ``num_cpus`` CPUs
     and as many torch threads. Returns a summary; failed shards are in ``summary.failures``.
     """
-    t0 = time.perf_counter()
     if isinstance(tokenizer_dirs, str):
         tokenizer_dirs = [tokenizer_dirs]
     compression = shard_compression(compression)
@@ -324,18 +310,12 @@ def tokenize(root: str, tokenizer_dirs: list[str] | str, *, workers: int | None 
     jobs = make_jobs([str(d) for d in tokenizer_dirs], folders)
     units, summary = plan_tokenize(store, jobs, force=force)
     if units:
-        ensure_ray(ray_address)
-
-        def on_failure(unit: TokenizeUnit, reason: str, message: str) -> None:
-            for j in unit.jobs:
-                store.record_failure(jobs[j].folder, unit.shard, reason, message)
-
-        summary.report = run_units(
-            units, TokenizeWorker, (store, jobs, batch_size, int(max(1, num_cpus)), compression), workers=workers,
-            num_cpus=num_cpus, max_retries=max_retries, on_failure=on_failure,
-            progress=Progress("tokenize " + "+".join(j.folder for j in jobs), len(units), enabled=show_progress))
-    update_manifest(store)
-    summary.wall_s = time.perf_counter() - t0
+        run_stage_units(store, summary, units, TokenizeWorker,
+                        (store, jobs, batch_size, int(max(1, num_cpus)), compression),
+                        desc="tokenize " + "+".join(j.folder for j in jobs),
+                        writes=lambda u: [jobs[j].folder for j in u.jobs], ray_address=ray_address,
+                        workers=workers, max_retries=max_retries, show_progress=show_progress, num_cpus=num_cpus)
+    finish_stage(store, summary, changed=bool(units))
     return summary
 
 

@@ -137,7 +137,7 @@ class OfficialStageTokenizer:
 
         rows = np.asarray(rows).reshape(-1, 5)
         region = tuple(int(v) for v in (region or centre_square(*image_hw)))
-        glob, fmap = split_features(np.asarray(value, dtype=np.float32), region[2:])
+        glob, fmap = split_features(np.asarray(value, dtype=np.float32))
         if self.official.family.kind == "feature_global":
             return np.repeat(glob[None].astype(np.float32), len(rows), axis=0)
         grid = self.official.config.grid(self.input_size)
