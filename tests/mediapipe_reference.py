@@ -40,6 +40,17 @@ def reference_images() -> dict[str, np.ndarray]:
     }
 
 
+def _rounded(value, digits: int = 5):
+    """Floats to 5 decimals (0.00001 px / m: far below every tolerance), one image per line."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    return value
+
+
 def main() -> None:
     from mediapipe.python.solution_base import SolutionBase
     from mediapipe.python.solutions import pose as mp_pose
@@ -68,7 +79,8 @@ def main() -> None:
             rec["landmarks"] = [[lm.x * w, lm.y * h, lm.z * w, lm.visibility] for lm in r.pose_landmarks.landmark]
             rec["world_landmarks"] = [[lm.x, lm.y, lm.z] for lm in r.pose_world_landmarks.landmark]
         out[name] = rec
-    REFERENCE_JSON.write_text(json.dumps({"mediapipe": "0.10.21", "images": out}, indent=0) + "\n")
+    lines = ",\n".join(f"{json.dumps(k)}: {json.dumps(_rounded(v))}" for k, v in out.items())
+    REFERENCE_JSON.write_text(f'{{"mediapipe": "0.10.21", "images": {{\n{lines}\n}}}}\n')
     print(f"wrote {REFERENCE_JSON}")
 
 

@@ -20,7 +20,8 @@ re-implemented here in numpy/OpenCV with the same constants:
 
 1. Letterbox the image to 224×224 (aspect kept, zero border, values in [-1, 1]).
 2. Decode 2254 SSD anchors (strides 8/16/32/32/32, fixed size 1, offset 0.5): centre +
-   raw/224, scores sigmoid(clip(raw, ±100)); keep scores ≥ `detection_threshold`;
+   raw/224, scores sigmoid(clip(raw, ±100)); keep scores ≥ `detection_threshold` (0.5, as
+   mediapipe's Pose solution's min_detection_confidence);
    weighted NMS (IoU > 0.3: boxes and keypoints averaged by score, top score kept).
 3. Per detection, the ROI: centre = keypoint 0 (mid-hip), side = 2·|kp1 − kp0| (kp1 encodes
    the body's circumscribing circle) × 1.25, square in pixels, rotated by
@@ -28,7 +29,7 @@ re-implemented here in numpy/OpenCV with the same constants:
 4. Crop the rotated ROI to 256×256 (bilinear, replicated border, values in [0, 1]); the model
    gives 39 landmarks × (x, y, z, visibility, presence) in crop pixels (the first 33 are the
    pose; 33-38 are auxiliary), a pose-presence probability (poses below
-   `presence_threshold` are dropped), a 256×256 person-mask logit map, 64×64×39 heatmaps and
+   `presence_threshold`, 0.5 as mediapipe's, are dropped), a 256×256 person-mask logit map, 64×64×39 heatmaps and
    39 world landmarks in metres.
 5. Refine x, y from the heatmap (7×7 window around the landmark, sigmoid-weighted mean of cell
    indices, only where the window's peak ≥ 0.5); visibility and presence are sigmoids.
