@@ -189,3 +189,20 @@ def test_a_labeler_never_replaces_the_corpus_own_captions_and_status_agrees_on_s
     st = json.loads(cli("status", root, "--json").stdout)
     canny = next(f for f in st["folders"] if f["folder"] == "canny_edge")
     assert canny["stale"] == 0 and canny["committed"] == len(store.ledger("rgb"))
+
+
+def test_chroma_subsampling_is_a_setting_and_auto_keeps_earlier_roots_current(tmp_path):
+    from PIL import Image, JpegImagePlugin
+
+    photos = write_photo_corpus(tmp_path / "photos", ("astronaut", "coffee"))
+    sampling = {}
+    for mode in ("auto", "4:2:0"):
+        root = str(tmp_path / mode.replace(":", ""))
+        args = ["ingest", str(photos), root, "--short-side", "64", "-q"]
+        assert cli(*args, *(["--jpeg-subsampling", mode] if mode != "auto" else [])).returncode == 0
+        member = DatasetStore(root).read_shard("rgb", 0)[0]
+        sampling[mode] = JpegImagePlugin.get_sampling(Image.open(__import__("io").BytesIO(member.data)))
+        # the producer of an `auto` root is the one roots made before the setting existed had
+        producer = DatasetStore(root).ledger("rgb")[0]["producer"]["config"]
+        assert ("jpeg_subsampling" in producer) == (mode != "auto")
+    assert sampling == {"auto": 0, "4:2:0": 2}  # PIL: 0 = 4:4:4 (quality 90), 2 = 4:2:0

@@ -82,16 +82,17 @@ def _pillow_pixel_limit(max_pixels: int):
 
 
 def normalize_image(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int,
-                    max_pixels: int, name: str = "") -> NormalizedImage:
+                    max_pixels: int, name: str = "", subsampling: str | None = None) -> NormalizedImage:
     if not data:
         raise BadImage("empty", f"{name}: file is empty (0 bytes)")
     with _pillow_pixel_limit(max_pixels):
         return _normalize(data, short_side=short_side, jpeg_quality=jpeg_quality, min_side=min_side,
-                          max_pixels=max_pixels, name=name)
+                          max_pixels=max_pixels, name=name,
+                          subsampling=subsampling or ("4:4:4" if jpeg_quality >= 90 else "4:2:0"))
 
 
 def _normalize(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int, max_pixels: int,
-               name: str) -> NormalizedImage:
+               name: str, subsampling: str) -> NormalizedImage:
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -142,5 +143,5 @@ def _normalize(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int
     if new != (rw, rh):
         rgb = rgb.resize(new, Image.BICUBIC, reducing_gap=3.0)
     buf = io.BytesIO()
-    rgb.save(buf, format="JPEG", quality=jpeg_quality, subsampling=0 if jpeg_quality >= 90 else 2)
+    rgb.save(buf, format="JPEG", quality=jpeg_quality, subsampling=subsampling)
     return NormalizedImage(buf.getvalue(), new[0], new[1], ow, oh, mode, fmt, orientation)
