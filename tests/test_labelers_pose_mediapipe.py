@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from mediapipe_reference import REFERENCE_JSON, reference_images
 from prism4m.labelers import pose_mediapipe as mp
 from prism4m.labelers.base import LabelInput, MissingWeightsError
-from prism4m.labelers.human_poses import COCO_KEYPOINT_NAMES
+from prism4m.labelers.pose_format import COCO_KEYPOINT_NAMES
 from prism4m.labelers.registry import make_labeler
 
 MODELS = mp.model_dir()

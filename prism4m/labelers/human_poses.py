@@ -24,7 +24,7 @@ Output (KEY.json), in pixels of the rgb/ image, persons sorted by detector score
     {"persons": [{"bbox_xyxy": [x0, y0, x1, y1], "score": s,
                   "keypoints": [[x, y, score] × 17]}]}
 
-Keypoints are in COCO order (COCO_KEYPOINT_NAMES; left/right are the person's). Their score is
+Keypoints are in COCO order (pose_format.COCO_KEYPOINT_NAMES; left/right are the person's). Their score is
 ≈0..1: VitPose's heatmap peak, or BlazePose's visibility (in frame and not occluded). Boxes are
 clipped to [0, W]×[0, H] and keypoints to the pixel centres [0, W−1]×[0, H−1]: the pose crop
 is padded beyond the image, where the model sees nothing. Coordinates are rounded to 0.01 px
@@ -61,14 +61,8 @@ from pydantic import Field
 from prism4m.labelers.base import LabelInput, Resources
 from prism4m.contract.members import encode_json
 from prism4m.labelers.hf import HFLabeler, HFLabelerConfig, HFModel, load_hf_model
+from prism4m.labelers.pose_format import COCO_KEYPOINTS
 
-#: the record's keypoints, in COCO's order
-COCO_KEYPOINT_NAMES = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
-)
-COCO_KEYPOINTS = len(COCO_KEYPOINT_NAMES)
 EXAMPLE_DETECTOR = "PekingU/rtdetr_r50vd_coco_o365"
 
 

@@ -62,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prism4m.labelers.human_poses import COCO_KEYPOINT_NAMES
+from prism4m.labelers.pose_format import COCO_KEYPOINT_NAMES
 
 MEDIAPIPE_VERSION = "0.10.21"
 DETECTOR_FILE = "pose_detection.tflite"

@@ -23,7 +23,7 @@ import json
 import numpy as np
 
 from prism4m.contract.members import encode_json
-from prism4m.labelers.human_poses import COCO_KEYPOINTS
+from prism4m.labelers.pose_format import COCO_KEYPOINTS
 
 #: inputs of the pose MLP: 17 × (x, y, score)
 POSE_CHANNELS = 3 * COCO_KEYPOINTS
