@@ -1,8 +1,11 @@
 """SAM instances (4M-21 `sam_instance`) with segment-anything, and their boundaries (`sam_edge`).
 
-sam_instance — segment-anything's own `SamAutomaticMaskGenerator` on the rgb image (a grid of
-point prompts, IoU/stability filtering, NMS; all its knobs are in `SamInstanceConfig`). One
-JSON member per sample (no pickle, unlike ml-4m's .npy of dicts)::
+sam_instance — the masks of segment-anything's `SamAutomaticMaskGenerator` on the rgb image (a
+grid of point prompts, IoU/stability filtering, NMS; all its knobs are in `SamInstanceConfig`),
+computed by `prism4m.labelers.sam_amg.BatchedMaskGenerator`: segment-anything's model and
+helpers, with prompts batched through the decoder, filters before upsampling, NMS before RLE
+(same masks at IoU ≥ 0.99 and the same count, tests/test_sam_batched.py). One JSON member per
+sample (no pickle, unlike ml-4m's .npy of dicts)::
 
     {"height": H, "width": W,            # the rgb image; every mask has this size
      "instances": [{"segmentation": {"size": [H, W], "counts": "<COCO compressed RLE, str>"},
@@ -54,7 +57,8 @@ WIDTH_TO_TYPE = {1280: "vit_h", 1024: "vit_l", 768: "vit_b", TINY["embed_dim"]: 
 class SamInstanceConfig(DeepLabelerConfig):
     model_type: ModelType = Field("auto", description="SAM architecture; auto = read it from the weights")
     points_per_side: int = Field(32, ge=1, description="prompt grid is points_per_side² points")
-    points_per_batch: int = Field(64, ge=1, description="prompts per decoder pass (memory vs speed)")
+    points_per_batch: int = Field(256, ge=1, description="prompts per decoder pass (memory vs speed; masks "
+                                  "do not depend on it beyond float rounding)")
     pred_iou_thresh: float = Field(0.88, ge=0, le=1, description="keep masks with predicted IoU above")
     stability_score_thresh: float = Field(0.95, ge=0, le=1, description="keep masks at least this stable")
     stability_score_offset: float = Field(1.0, description="logit offset of the stability score")
@@ -148,15 +152,18 @@ class SamInstanceLabeler(Labeler):
     name = "sam_instance"
     extension = "json"
     Config = SamInstanceConfig
-    # Automatic mask generation is one image at a time (a 32×32 prompt grid per image), so the
-    # batch only sets how often results are handed back; half a GPU fits ViT-H with room to spare.
+    # 2: BatchedMaskGenerator (same masks as SamAutomaticMaskGenerator up to float rounding, not
+    # the same bytes), so shards made by version 1 are recomputed rather than mixed in.
+    version = "2"
+    # Automatic mask generation is one image at a time (its prompts are the batch), so the batch
+    # only sets how often results are handed back; half a GPU fits ViT-H with room to spare.
     default_resources = Resources(num_cpus=1, num_gpus=0.5, batch_size=8)
 
     generator = None
     checkpoint: ResolvedCheckpoint | None = None
 
     def setup(self) -> None:
-        from segment_anything import SamAutomaticMaskGenerator
+        from prism4m.labelers.sam_amg import BatchedMaskGenerator
 
         cfg = self.config
         if not cfg.checkpoint:
@@ -178,14 +185,13 @@ class SamInstanceLabeler(Labeler):
         model.load_state_dict(state_dict, strict=True)
         model.to(self.device).eval()
         self.checkpoint = ResolvedCheckpoint(resolved.requested, weights, resolved.random_weights)
-        self.generator = SamAutomaticMaskGenerator(
+        self.generator = BatchedMaskGenerator(
             model, points_per_side=cfg.points_per_side, points_per_batch=cfg.points_per_batch,
             pred_iou_thresh=cfg.pred_iou_thresh, stability_score_thresh=cfg.stability_score_thresh,
             stability_score_offset=cfg.stability_score_offset, box_nms_thresh=cfg.box_nms_thresh,
             crop_n_layers=cfg.crop_n_layers, crop_nms_thresh=cfg.crop_nms_thresh,
             crop_n_points_downscale_factor=cfg.crop_n_points_downscale_factor,
-            min_mask_region_area=cfg.min_mask_region_area,
-            output_mode="coco_rle")  # compressed RLE straight from the library: no dense masks kept
+            min_mask_region_area=cfg.min_mask_region_area)  # compressed RLE, as output_mode="coco_rle"
 
     def model_provenance(self) -> dict:
         self.ensure_setup()
