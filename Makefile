@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.prism4m-installed
 DEMO_DIR ?= demo-out
 
-.PHONY: setup demo test bench browser clean-demo
+.PHONY: setup demo test bench bench-quick gpu-check browser clean-demo
 
 # Exact pins from requirements-lock.txt (torch 2.14.1 / torchvision 0.29.1 come from the local
 # wheel cache here), then the package itself without letting pip re-resolve anything, then
@@ -40,6 +40,14 @@ test: setup browser
 
 bench: setup
 	$(PY) benchmarks/run_all.py --out benchmarks/results/latest.json
+
+# A few minutes instead of ~30: every bench at a tenth of its size, into a separate file.
+bench-quick: setup
+	$(PY) benchmarks/run_all.py --quick --out benchmarks/results/quick.json
+
+# On a machine with a CUDA device: the label stage on the GPU, measured (exits 0 without one).
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -37,8 +37,11 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "latest.json"))
     ap.add_argument("--only", nargs="*", help="module names (e.g. bench_foundation)")
     ap.add_argument("--timeout", type=int, default=3600)
+    ap.add_argument("--quick", action="store_true", help="every bench at a tenth of its size (PRISM4M_BENCH_SCALE)")
     args = ap.parse_args()
-    modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    if args.quick:
+        os.environ.setdefault("PRISM4M_BENCH_SCALE", "0.1")
+    modules = sorted(p.stem for p in HERE.glob("bench_*.py"))  # gpu_check.py runs on its own (make gpu-check)
     if args.only:
         modules = [m for m in modules if m in args.only]
     out_path = Path(args.out)
