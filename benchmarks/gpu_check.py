@@ -3,8 +3,8 @@
 Labels a generated 1024-px root with tiny depth and DINOv2 models on `cuda` through
 `prism4m label` (streaming actors, pipeline_depth 3) and reports, per labeler, img/s, the
 device's busy fraction while the stage ran (NVML's utilisation sampled every 50 ms when
-pynvml is installed, else the share of wall time inside the model's forward calls, timed
-with CUDA events) and the peak device memory. Without a CUDA device it says so and exits 0.
+pynvml is installed) beside the share of wall time inside the labelers' compute step, and
+the peak device memory in use (NVML). Without a CUDA device it says so and exits 0.
 Figures go to benchmarks/results/gpu_check.json and into latest.json.
 """
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the tiny-model builders the tests use
 
 
-def _nvml_sampler(stop: threading.Event, samples: list[int]) -> None:
+def _nvml_sampler(stop: threading.Event, samples: list[int], memory: list[int]) -> None:
     try:
         import pynvml
 
@@ -33,6 +33,7 @@ def _nvml_sampler(stop: threading.Event, samples: list[int]) -> None:
         return
     while not stop.is_set():
         samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        memory.append(pynvml.nvmlDeviceGetMemoryInfo(handle).used)  # the actors' memory is not the driver's
         time.sleep(0.05)
 
 
@@ -58,8 +59,8 @@ def run(workdir: str) -> dict:
     out = {"gpu_check_device": torch.cuda.get_device_name(0), "gpu_check_images": n}
     models = {"depth": build_depth_anything(wd / "depth"), "dinov2": build_dinov2(wd / "dinov2")}
     for name, ckpt in models.items():
-        stop, samples = threading.Event(), []
-        sampler = threading.Thread(target=_nvml_sampler, args=(stop, samples), daemon=True)
+        stop, samples, memory = threading.Event(), [], []
+        sampler = threading.Thread(target=_nvml_sampler, args=(stop, samples, memory), daemon=True)
         sampler.start()
         t0 = time.perf_counter()
         s = label(str(root), [name], {name: {"checkpoint": ckpt, "device": "cuda", "num_gpus": 1.0,
@@ -72,6 +73,7 @@ def run(workdir: str) -> dict:
         out[f"gpu_{name}_img_per_s"] = round(n / wall, 1)
         out[f"gpu_{name}_busy_fraction"] = round(sum(samples) / 100 / len(samples), 3) if samples else None
         out[f"gpu_{name}_model_time_fraction"] = round(busy_model, 3)
+        out[f"gpu_{name}_peak_device_mb"] = round(max(memory) / 2**20) if memory else None
     out["gpu_check_note"] = ("busy_fraction: NVML utilisation while the stage ran (None without pynvml); "
                              "model_time_fraction: share of the stage's wall time inside the labelers' compute "
                              "step (device work plus its host-side launch overhead)")
