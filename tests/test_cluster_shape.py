@@ -11,15 +11,11 @@ computation.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from prism4m.labelers.testing import aligned_report, write_entry_point_plugin
+from prism4m.labelers.testing import aligned_report, run_driver
 from prism4m.contract.store import DatasetStore
 
 pytestmark = pytest.mark.timeout(400)
@@ -86,17 +82,7 @@ DRIVER = textwrap.dedent('''
 
 def test_units_spread_over_nodes_and_survive_a_node_crash(photo_corpus, tmp_path):
     root = str(tmp_path / "ds")
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    plugin = write_entry_point_plugin(tmp_path / "plugin")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (plugin, env.get("PYTHONPATH")) if p)
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, str(script), str(photo_corpus), root], env=env,
-                          capture_output=True, text=True, timeout=380)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(lines[-1][len("RESULT "):])
+    res = run_driver(DRIVER, [str(photo_corpus), root], tmp_path)
 
     # Units spread over both worker nodes (the head has no CPU, each node fits one actor).
     assert res["ingest_ok"] and res["ingest_nodes"] == ["a", "b"], res

@@ -11,18 +11,14 @@ find the test labelers through an entry point, as a third-party package's would.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from prism4m.contract.store import DatasetStore
-from prism4m.labelers.testing import aligned_report, write_entry_point_plugin
+from prism4m.labelers.testing import aligned_report, run_driver
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -64,17 +60,7 @@ def test_streamed_labels_are_byte_identical_to_serial_and_in_flight_is_bounded(p
     shutil.copytree(photo_root, serial)
     shutil.copytree(photo_root, streamed)
     victim = next(DatasetStore(serial).iter_shard("rgb", 1)).key
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    plugin = write_entry_point_plugin(tmp_path / "plugin")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (plugin, env.get("PYTHONPATH")) if p)
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, str(script), serial, streamed, victim], env=env,
-                          capture_output=True, text=True, timeout=280)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(lines[-1][len("RESULT "):])
+    res = run_driver(DRIVER, [serial, streamed, victim], tmp_path, timeout=280)
     assert res["1"]["ok"] and res["3"]["ok"]
 
     # Byte-identical committed output, invalid record and error lines included.

@@ -146,3 +146,26 @@ def aligned_report(store) -> dict:
             assert len(set(keys)) == len(keys), f"{folder}/shard-{i:06d}: duplicate keys"
         out[folder] = len(recs)
     return out
+
+
+def run_driver(script: str, args: list[str], work_dir: str | os.PathLike, timeout: float = 380) -> dict:
+    """Run a Ray driver script in its own process (its own Ray, not the test session's), with
+    the test labelers registered as a third-party package's would be; returns the JSON the
+    script printed on its last ``RESULT `` line (AssertionError with its output otherwise)."""
+    import json
+    import subprocess
+    import sys
+
+    work_dir = Path(work_dir)
+    path = work_dir / "driver.py"
+    path.write_text(script)
+    plugin = write_entry_point_plugin(work_dir / "plugin")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (plugin, env.get("PYTHONPATH")) if p)
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, str(path), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
