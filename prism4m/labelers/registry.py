@@ -26,6 +26,7 @@ BUILTIN_LABELERS: dict[str, str] = {
     "clip": "prism4m.labelers.clip:ClipLabeler",
     "dinov2": "prism4m.labelers.dinov2:Dinov2Labeler",
     "caption": "prism4m.labelers.caption:CaptionLabeler",
+    "t5_caption": "prism4m.labelers.t5_caption:T5CaptionLabeler",
     "semseg_coco": "prism4m.labelers.semseg:SemsegCocoLabeler",
     "det": "prism4m.labelers.detection:DetectionLabeler",
 }
