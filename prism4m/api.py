@@ -84,12 +84,21 @@ def tokenize(root: str, tokenizers: list[str], *, workers: int | None = None, fo
                      storage_options=storage_options)
 
 
-def export(root: str, fmt: str = "parquet", out: str | None = None, *, storage_options: dict | None = None) -> dict:
-    """The aligned token dataset in another format: one Parquet row per sample."""
-    if fmt != "parquet":
-        raise UserError(f"--format {fmt!r}: only 'parquet' is supported")
-    from prism4m.pipeline.export import export_parquet
+EXPORT_FORMATS = ("parquet", "ml4m-sam")
 
+
+def export(root: str, fmt: str = "parquet", out: str | None = None, *, storage_options: dict | None = None) -> dict:
+    """The aligned token dataset in another format: one Parquet row per sample (``parquet``),
+    or the SAM instance tokens in ml-4m's pickled layout (``ml4m-sam``)."""
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"--format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+    from prism4m.pipeline.export import export_ml4m_sam, export_parquet
+
+    if fmt == "ml4m-sam":
+        try:
+            return export_ml4m_sam(root, out, storage_options=storage_options)
+        except ValueError as exc:  # no/ambiguous token folder, misaligned shard: the user's to fix
+            raise UserError(str(exc)) from None
     return export_parquet(root, out, storage_options=storage_options)
 
 

@@ -301,11 +301,14 @@ def tokenize(
 @app.command()
 def export(
     root: str = root_argument(),
-    fmt: str = typer.Option("parquet", "--format", help="export format (parquet)"),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="output directory (default ROOT/_export/parquet)"),
+    fmt: str = typer.Option("parquet", "--format",
+                            help="parquet (one row per sample) or ml4m-sam (sam_instance tokens as ml-4m's pickled npy)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o",
+                                      help="output directory (default ROOT/_export/parquet or ROOT/_export/ml4m)"),
     storage_options: Optional[str] = STORAGE,
 ) -> None:
-    """Write the aligned token dataset in another format (one Parquet row per sample)."""
+    """Write the aligned token dataset in another format (one Parquet row per sample, or
+    ml-4m's own sam_instance layout)."""
     from prism4m import api
 
     _echo(api.describe_export(api.export(root, fmt, out, storage_options=_json_opt(storage_options, "--storage-options"))))

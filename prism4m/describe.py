@@ -126,6 +126,9 @@ def describe_estimate(est: Estimate) -> list[str]:
 
 
 def describe_export(result: dict[str, Any]) -> list[str]:
+    if result.get("format", "").startswith("ml4m-sam"):
+        return [f"export: {result['rows']} samples of {result['source_folder']} ({result['invalid']} invalid) in "
+                f"{len(result['parts'])} ml-4m {result['folder']} shards at {result['out']}"]
     return [f"export: {result['rows']} rows in {len(result['parts'])} parts; columns: {', '.join(result['columns'])}"]
 
 

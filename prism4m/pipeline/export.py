@@ -3,6 +3,10 @@
 ``ROOT/_export/parquet/part-%06d.parquet`` (or ``out``): key, shard, crop_settings, one
 column per current token folder and one text column per sequence folder; ``_export.json``
 written last describes the export (DATASET.md, "Parquet export").
+
+``export_ml4m_sam``: the ``sam_instance@224`` token folder in ml-4m's own layout, pickled
+object arrays (``ROOT/_export/ml4m/sam_instance/shard-%06d.tar``; DATASET.md, "ml-4m's SAM
+instance layout").
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import pyarrow.parquet as pq
 from prism4m.contract.manifest import summarize_folder
 from prism4m.contract.members import decode_npy
 from prism4m.contract.modalities import VERSION_SEP
-from prism4m.contract.store import DatasetStore, content_hash, now_iso
+from prism4m.contract.store import DatasetStore, Member, build_tar, content_hash, now_iso, shard_name
+from prism4m.modality.instances import read_member
 from prism4m.modality.serializers import SEQUENCE_LABEL_FOLDERS, token_sequence_folders
 
 EXPORT_DIR = "_export/parquet"
@@ -126,6 +131,94 @@ def export_parquet(root: str, out: str | None = None, *, storage_options: dict |
         rows += len(keys)
     summary = {"format": "prism4m-parquet/1", "root": store.url, "rows": rows, "columns": schema.names,
                "parts": parts, "folders": {f: summarize_folder(ledgers[f]) for f in tok_folders + seq_folders},
+               "exported_at": now_iso()}
+    out_fs.pipe_file(posixpath.join(out_path, EXPORT_SUMMARY), json.dumps(summary, indent=2).encode())
+    return summary
+
+
+ML4M_DIR = "_export/ml4m"
+#: ml-4m's modality key for SAM instance tokens: the folder its data_path names
+ML4M_SAM_FOLDER = "sam_instance"
+SAM_TOKEN_PREFIX = "sam_instance@"
+
+
+def ml4m_sam_npy(data: bytes) -> bytes:
+    """One ``sam_instance@<res>/KEY.json`` token member → ml-4m's ``sam_instance/KEY.npy``: a
+    pickled numpy object array indexed by crop, each entry ``{"points": [[contour (k,1,2) int32]
+    per instance], "token_ids": (n,16) int32, "bbox": (n,4) int32 [ymin,xmin,ymax,xmax]}``
+    (what ``SAMInstanceTokTransform`` loads with ``np.load(allow_pickle=True)``). Zero bytes (an
+    invalid record) stay zero bytes."""
+    import io
+
+    if not data:
+        return b""
+    crops = read_member(data)
+    arr = np.empty(len(crops), dtype=object)
+    for i, crop in enumerate(crops):
+        arr[i] = {"points": crop["points"], "token_ids": crop["token_ids"], "bbox": crop["bbox"]}
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=True)
+    return buf.getvalue()
+
+
+def sam_token_folder(store: DatasetStore, folder: str | None = None) -> str:
+    """The current SAM instance token folder to export: ``folder``, else ``sam_instance@224``
+    (ml-4m's resolution), else the only ``sam_instance@<res>`` of the root."""
+    found = [f for f in store.ledger_folders() if f.startswith(SAM_TOKEN_PREFIX) and VERSION_SEP not in f]
+    if folder is not None:
+        if folder not in found:
+            raise ValueError(f"{store.url}: no committed token folder {folder!r} (have: {', '.join(found) or 'none'})")
+        return folder
+    if f"{SAM_TOKEN_PREFIX}224" in found:
+        return f"{SAM_TOKEN_PREFIX}224"
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ValueError(f"{store.url}: no sam_instance token folder; run `prism4m tokenize ROOT -t DIR` with a "
+                         "sam_instance mask tokenizer first (DATASET.md, SAM instance tokens)")
+    raise ValueError(f"{store.url}: several sam_instance token folders ({', '.join(found)}); name one")
+
+
+def export_ml4m_sam(root: str, out: str | None = None, *, folder: str | None = None,
+                    storage_options: dict | None = None) -> dict:
+    """Write ``OUT/sam_instance/shard-%06d.tar`` (default OUT: ``ROOT/_export/ml4m``) from the
+    root's SAM instance token folder: same shard names, same keys in rgb's order, one
+    ``KEY.npy`` per sample in ml-4m's pickled layout (``ml4m_sam_npy``). ``OUT/_export.json``
+    (written last) names the source folder, the parts with the ledger content hashes they were
+    built from, and whether they came from random weights."""
+    store = DatasetStore(root, storage_options)
+    src = sam_token_folder(store, folder)
+    ledger = store.ledger(src)
+    rgb = store.ledger("rgb")
+    shards = sorted(set(ledger) & set(rgb))
+    if not shards:
+        raise ValueError(f"{store.url}: {src} has no committed shard")
+    if out is None:
+        out_fs, out_path = store.fs, store.p(ML4M_DIR)
+    else:
+        out_fs, out_path = fsspec.core.url_to_fs(out, **(storage_options or {}))
+    tar_dir = posixpath.join(out_path, ML4M_SAM_FOLDER)
+    out_fs.makedirs(tar_dir, exist_ok=True)
+    parts, rows, invalid = {}, 0, 0
+    for index in shards:
+        keys = [m.key for m in store.iter_shard("rgb", index)]
+        members = store.read_shard(src, index)
+        if [m.key for m in members] != keys:
+            raise ValueError(f"{store.url}: {src}/shard {index} keys differ from rgb (misaligned)")
+        converted = [Member(m.key, "npy", ml4m_sam_npy(m.data)) for m in members]
+        name = shard_name(index)
+        tmp = posixpath.join(tar_dir, "." + name + ".tmp")
+        out_fs.pipe_file(tmp, build_tar(converted))
+        out_fs.mv(tmp, posixpath.join(tar_dir, name))
+        n_invalid = sum(1 for m in converted if not m.data)
+        parts[name] = {"shard": index, "rows": len(keys), "invalid": n_invalid,
+                       "sources": {"rgb": content_hash(rgb[index]), src: content_hash(ledger[index])},
+                       "random_weights": bool(ledger[index].get("random_weights"))}
+        rows += len(keys)
+        invalid += n_invalid
+    summary = {"format": "ml4m-sam/1", "root": store.url, "source_folder": src, "folder": ML4M_SAM_FOLDER,
+               "out": out_fs.unstrip_protocol(tar_dir).removeprefix("file://"), "rows": rows, "invalid": invalid,
+               "columns": [ML4M_SAM_FOLDER], "parts": parts, "folders": {src: summarize_folder(ledger)},
                "exported_at": now_iso()}
     out_fs.pipe_file(posixpath.join(out_path, EXPORT_SUMMARY), json.dumps(summary, indent=2).encode())
     return summary
