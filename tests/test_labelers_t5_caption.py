@@ -11,6 +11,7 @@ transformers 5 the tokenizers-backed `T5Tokenizer`) with T5's special tokens (`<
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,16 @@ def test_no_checkpoint_names_the_config_key(tmp_path):
         make_labeler("t5_caption", {"device": "cpu"}).ensure_setup()
     with pytest.raises(MissingWeightsError, match=r"labelers\.t5_caption\.checkpoint"):
         make_labeler("t5_caption", {"checkpoint": str(tmp_path), "device": "cpu"}).ensure_setup()
+
+
+def test_checkpoint_without_tokenizer_is_missing_weights(t5_dir, tmp_path):
+    # AutoTokenizer would build an empty vocabulary here; the labeler refuses instead
+    bare = tmp_path / "bare"
+    shutil.copytree(t5_dir, bare)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (bare / f).unlink()
+    with pytest.raises(MissingWeightsError, match=r"no tokenizer .*labelers\.t5_caption\.checkpoint"):
+        make_labeler("t5_caption", {"checkpoint": str(bare), "device": "cpu"}).ensure_setup()
 
 
 def test_npz_layout_and_values_match_the_encoder(t5_dir):

@@ -10,7 +10,9 @@ Input: the committed caption of the sample (`caption/KEY.txt`: the corpus's own 
 ingest, or the caption labeler's). A sample whose caption is invalid becomes an invalid record
 (the label stage's rule for a missing required input); an empty caption raises, so it too.
 
-Computation: the checkpoint's own tokenizer (AutoTokenizer from the same directory) with
+Computation: the checkpoint's own tokenizer (AutoTokenizer from the same directory, which
+must hold `tokenizer.json`, or `spiece.model` with the `sentencepiece` package installed;
+without either, setup fails naming the key rather than tokenizing with an empty vocabulary) with
 `max_length=max_tokens` (77, ml-4m's `max_tokens`), truncation, padding to `max_tokens`, and its
 special tokens (T5 appends `</s>`); then `T5EncoderModel(input_ids, attention_mask)
 .last_hidden_state`. `mask_valid` is the tokenizer's attention mask.
@@ -30,8 +32,13 @@ import io
 import numpy as np
 from pydantic import Field
 
-from prism4m.labelers.base import LabelInput, Resources
-from prism4m.labelers.hf import HFLabeler, HFLabelerConfig
+from prism4m.labelers.base import LabelInput, MissingWeightsError, Resources
+from prism4m.labelers.hf import HFLabeler, HFLabelerConfig, checkpoint_dir
+from prism4m.labelers.weights import missing_weights, resolve_checkpoint
+
+#: files a T5 tokenizer loads from: the tokenizers JSON, or sentencepiece's model (which
+#: transformers converts only with the `sentencepiece` package installed)
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 
 
 class T5CaptionConfig(HFLabelerConfig):
@@ -66,6 +73,24 @@ class T5CaptionLabeler(HFLabeler):
     processor_class = "AutoTokenizer"
     example_checkpoint = "google/t5-v1_1-xxl"
     default_resources = Resources(num_cpus=1, num_gpus=0.25, batch_size=32)
+
+    def setup(self) -> None:
+        # AutoTokenizer on a directory without tokenizer files silently builds an empty T5
+        # vocabulary (every word <unk>): refuse that before loading anything.
+        path = checkpoint_dir(resolve_checkpoint(self.name, self.config.checkpoint, self.example_checkpoint).path)
+        if not any((path / f).exists() for f in TOKENIZER_FILES):
+            raise missing_weights(self.name, self.example_checkpoint,
+                                  f"{str(path)!r} has no tokenizer ({' or '.join(TOKENIZER_FILES)}) next to the "
+                                  "T5 weights")
+        try:
+            super().setup()
+        except MissingWeightsError:
+            raise
+        except (ValueError, ImportError, OSError) as exc:  # e.g. spiece.model without `sentencepiece`
+            raise missing_weights(self.name, self.example_checkpoint,
+                                  f"the tokenizer in {str(path)!r} could not be loaded ({type(exc).__name__}: "
+                                  f"{str(exc)[:200]}); a spiece.model needs `pip install sentencepiece`, a "
+                                  "tokenizer.json does not") from None
 
     def predict(self, batch: list[LabelInput]) -> list[bytes]:
         texts = [s.inputs["caption"].decode("utf-8").strip() for s in batch]
