@@ -37,8 +37,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def photos() -> list[np.ndarray]:
-    """Real photos: landscape, landscape, portrait and one whose Mask2Former input needs no padding
-    (128x192 → 64x96, both multiples of the processor's size_divisor 32)."""
+    """Real photos: landscape, landscape, portrait, and one that Mask2Former's processor resizes
+    without changing its aspect ratio (128x192 → 64x96, multiples of its size_divisor 32; the
+    others are stretched a little to multiples of 32)."""
     return [data.astronaut()[:300:2, :400:2], data.chelsea()[::3, ::3],
             data.coffee()[::4, ::4].transpose(1, 0, 2), data.astronaut()[:256:2, :384:2]]
 
