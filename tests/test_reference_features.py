@@ -11,6 +11,7 @@ model card and sharing no code with prism4m:
   which transformers 5 removed) and the BLIP model card's `generate` + `batch_decode`;
 - human_poses: the VitPose model card — RT-DETR `post_process_object_detection`, person boxes
   to COCO xywh, `VitPoseImageProcessor(boxes=...)`, `post_process_pose_estimation`.
+  Also with a padding detector (DETR) in a batch of three sizes, against the card per image.
 
 Where we differ on purpose, the documented transform is applied to the reference and the
 result compared again (never by silencing the difference):
@@ -352,3 +353,41 @@ def test_human_poses_equal_vitpose_model_card(pose_dirs):
             assert np.abs(got[:, 2] - r["kp_scores"]).max() <= SCORE
             assert r["keypoints"].std(axis=0).min() > 10  # keypoints spread over the crop: not degenerate
     assert clipped > 0  # the clip was exercised
+
+
+def test_human_poses_with_a_padding_detector_equal_the_model_card_per_image(pose_dirs, tmp_path_factory):
+    """DETR's processor keeps the aspect ratio and pads a batch to its largest image, which
+    changes what the detector sees; the model card runs one image at a time. Our batch (three
+    sizes) must give each image the card's own detections. (Before the fix in
+    HumanPosesLabeler.detect_persons the padded batch changed them: one photo got no box at all.)
+
+    The tiny DETR of model_fixtures_hf ranks "car" first for every query (its decoder output
+    hardly varies), so "car" stands in for the person class (`person_label`); threshold 0 and
+    max_persons 10 keep every query, so no cut falls between near-tied scores. Its boxes hardly
+    vary and some scores tie within 1e-5, so scores are compared as sorted lists and each box
+    must be one of the card's."""
+    from transformers import AutoImageProcessor, DetrForObjectDetection
+
+    from model_fixtures_hf import build_detr
+
+    det = build_detr(tmp_path_factory.mktemp("ref_detr") / "detr")
+    labeler = make_labeler("human_poses", {"checkpoint": pose_dirs["checkpoint"], "detector_checkpoint": det,
+                                           "person_label": "car", "detector_threshold": 0.0, "max_persons": 10,
+                                           "device": "cpu"})
+    ours = {k: json.loads(m) for k, m in label(labeler, PHOTOS).items()}
+    processor = AutoImageProcessor.from_pretrained(det)
+    model = DetrForObjectDetection.from_pretrained(det).eval()
+    car = model.config.label2id["car"]
+    for name, img in PHOTOS.items():
+        h, w = img.shape[:2]
+        with torch.no_grad():
+            outputs = model(**processor(images=Image.fromarray(img), return_tensors="pt"))
+        r = processor.post_process_object_detection(outputs, target_sizes=torch.tensor([(h, w)]), threshold=0.0)[0]
+        boxes = np.clip(r["boxes"][r["labels"] == car].numpy(), 0, [w, h, w, h])
+        scores = r["scores"][r["labels"] == car].numpy()
+        persons = ours[name]["persons"]
+        assert len(persons) == len(boxes) >= 3, (name, len(persons), len(boxes))
+        got = np.sort([p["score"] for p in persons])
+        assert np.abs(got - np.sort(scores)).max() <= SCORE, (name, got, np.sort(scores))
+        for p in persons:
+            assert np.abs(boxes - p["bbox_xyxy"]).max(axis=1).min() <= PX, (name, p["bbox_xyxy"])

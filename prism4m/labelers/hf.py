@@ -185,16 +185,18 @@ class HFLabeler(Labeler):
             out[k] = v
         return out
 
-    def processed_groups(self, images, **processor_kwargs):
+    def processed_groups(self, images, processor=None, **processor_kwargs):
         """Yield (indices, model inputs on device) for groups of images whose processed tensors
         have the same shape. Each image is processed alone, so no image is padded to another's
-        size (padding changes what convolutions and attention see next to the image)."""
+        size (padding changes what convolutions and attention see next to the image).
+        `processor`: another model's processor (default `self.processor`)."""
         import numpy as np
         import torch
 
+        processor = self.processor if processor is None else processor
         groups: dict[tuple, list] = {}
         for i, img in enumerate(images):
-            one = self.processor(images=np.ascontiguousarray(img), return_tensors="pt", **processor_kwargs)
+            one = processor(images=np.ascontiguousarray(img), return_tensors="pt", **processor_kwargs)
             groups.setdefault(tuple(one["pixel_values"].shape), []).append((i, one))
         for members in groups.values():
             idx = [i for i, _ in members]

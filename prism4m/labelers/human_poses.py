@@ -174,20 +174,25 @@ class HumanPosesLabeler(HFLabeler):
 
     # ------------------------------------------------------------------ stages
     def detect_persons(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per image: (boxes (n, 4) xyxy pixels, scores (n,)), most confident first."""
+        """Per image: (boxes (n, 4) xyxy pixels, scores (n,)), most confident first.
+
+        Images are preprocessed one by one and only images of equal processed shape share a
+        forward pass: a detector whose processor pads a batch to its largest image (DETR)
+        would otherwise see other images' padding, and its boxes and scores would depend on
+        the batch (the model card runs one image at a time)."""
         det, proc = self.detector.model, self.detector.processor
-        inputs = self.to_device(proc(images=images, return_tensors="pt"))
-        outputs = det(**inputs)
-        results = proc.post_process_object_detection(
-            outputs, threshold=self.config.detector_threshold, target_sizes=[im.shape[:2] for im in images])
-        out = []
-        for r in results:
-            labels = r["labels"].cpu().numpy()
-            keep = np.isin(labels, list(self._person_ids))
-            boxes = r["boxes"].float().cpu().numpy()[keep]
-            scores = r["scores"].float().cpu().numpy()[keep]
-            order = np.argsort(-scores, kind="stable")[: self.config.max_persons]
-            out.append((boxes[order], scores[order]))
+        out: list = [None] * len(images)
+        for idx, inputs in self.processed_groups(images, processor=proc):
+            results = proc.post_process_object_detection(
+                det(**inputs), threshold=self.config.detector_threshold,
+                target_sizes=[images[i].shape[:2] for i in idx])
+            for i, r in zip(idx, results):
+                labels = r["labels"].cpu().numpy()
+                keep = np.isin(labels, list(self._person_ids))
+                boxes = r["boxes"].float().cpu().numpy()[keep]
+                scores = r["scores"].float().cpu().numpy()[keep]
+                order = np.argsort(-scores, kind="stable")[: self.config.max_persons]
+                out[i] = (boxes[order], scores[order])
         return out
 
     def estimate_poses(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
