@@ -60,7 +60,7 @@ class BatchedMaskGenerator:
         crop_n_points_downscale_factor: int = 1,
         min_mask_region_area: int = 0,
         crops_per_batch: int = 8,
-        pixels_per_chunk: int = 2**26,
+        pixels_per_chunk: int | None = None,
     ) -> None:
         from segment_anything.utils.amg import build_all_layer_point_grids
         from segment_anything.utils.transforms import ResizeLongestSide
@@ -79,6 +79,10 @@ class BatchedMaskGenerator:
         self.crop_overlap_ratio = crop_overlap_ratio
         self.min_mask_region_area = min_mask_region_area
         self.crops_per_batch = max(1, crops_per_batch)
+        # Upsampled masks are handled this many pixels at a time. On a CPU a chunk that fits in
+        # cache (4M px: ~10 masks of 512×768) ran 2× faster than 64M px; a GPU wants large ones.
+        if pixels_per_chunk is None:
+            pixels_per_chunk = 2**26 if self.device.type == "cuda" else 2**22
         self.pixels_per_chunk = pixels_per_chunk
 
     @property
