@@ -68,7 +68,7 @@ def tokenizer_train(root: str, modality: str, out: str, settings: dict[str, Any]
 
 
 def tokenize(root: str, tokenizers: list[str], *, workers: int | None = None, force: bool = False,
-             batch_size: int = 64, compression: str = "gzip", ray_address: str | None = None,
+             batch_size: int = 64, compression: str = "gzip", num_gpus: float = 0.0, ray_address: str | None = None,
              storage_options: dict | None = None, show_progress: bool = True):
     """Tokenize every committed shard of ``root`` with each tokenizer directory."""
     from prism4m.contract.store import shard_compression
@@ -80,8 +80,8 @@ def tokenize(root: str, tokenizers: list[str], *, workers: int | None = None, fo
     from prism4m.pipeline.tokenize import tokenize as _tokenize
 
     return _tokenize(root, list(tokenizers), workers=workers, force=force, batch_size=batch_size,
-                     compression=compression, ray_address=ray_address, show_progress=show_progress,
-                     storage_options=storage_options)
+                     compression=compression, num_gpus=num_gpus, ray_address=ray_address,
+                     show_progress=show_progress, storage_options=storage_options)
 
 
 EXPORT_FORMATS = ("parquet", "ml4m-sam")

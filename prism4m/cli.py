@@ -282,6 +282,8 @@ def tokenize(
     batch_size: int = typer.Option(64, help="crops per encoder forward"),
     compression: str = typer.Option("gzip", help="token shards: gzip (a gzip'd tar under the usual .tar name; "
                                                  "tarfile, GNU tar and webdataset/ml-4m detect it) or none"),
+    num_gpus: float = typer.Option(0.0, "--num-gpus", help="GPU fraction per actor: encoders run on CUDA and the "
+                                                           "next samples are decoded while they encode"),
     ray_address: Optional[str] = RAY_ADDRESS,
     storage_options: Optional[str] = STORAGE,
     quiet: bool = QUIET,
@@ -290,7 +292,8 @@ def tokenize(
     from prism4m import api
 
     summary = api.tokenize(root, list(tokenizer), workers=workers, force=force, batch_size=batch_size,
-                           compression=compression, ray_address=ray_address, show_progress=not quiet,
+                           compression=compression, num_gpus=num_gpus, ray_address=ray_address,
+                           show_progress=not quiet,
                            storage_options=_json_opt(storage_options, "--storage-options"))
     _echo(api.describe_tokenize(summary))
     if not summary.ok:

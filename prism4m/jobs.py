@@ -69,6 +69,7 @@ class TokenizeStep(_Step):
     workers: int | None = None
     force: bool = False
     compression: Literal["gzip", "none"] = "gzip"  # token shards: gzip'd tar (same .tar name) or plain
+    num_gpus: float = Field(0.0, ge=0)  # GPU fraction per actor (encoders on CUDA, samples decoded ahead)
 
 
 class JobSpec(_Step):
@@ -159,7 +160,8 @@ def tokenize_step(job: JobSpec, step: TokenizeStep, show_progress: bool) -> Step
     from prism4m.pipeline.tokenize import tokenize
 
     dirs = step.tokenizers or [t.out for t in job.tokenizers if t.modality != "text"]
-    s = tokenize(job.root, dirs, workers=step.workers, force=step.force, ray_address=job.ray_address,
+    s = tokenize(job.root, dirs, workers=step.workers, force=step.force, num_gpus=step.num_gpus,
+                 ray_address=job.ray_address,
                  storage_options=_storage(job), show_progress=show_progress, compression=step.compression)
     return StepResult(describe_tokenize(s), s.ok)
 

@@ -109,6 +109,12 @@ def test_rerun_skips_and_forced_run_gives_identical_shards(tokenized_root, token
     after = {i: r["files"] for i, r in DatasetStore(root).ledger(f"tok_rgb@{SIZE}").items()}
     assert after == before  # byte-identical tar shards (sha256 in the ledger)
 
+    # Streamed (the next samples decoded and cropped in a thread while the encoder runs, as on
+    # a GPU): the same bytes again.
+    streamed = tokenize(root, dirs, workers=1, force=True, prefetch=3, show_progress=False)
+    assert streamed.ok and streamed.planned[f"tok_rgb@{SIZE}"] == 2
+    assert {i: r["files"] for i, r in DatasetStore(root).ledger(f"tok_rgb@{SIZE}").items()} == before
+
 
 def test_new_tokenizer_is_stale_retokenizes_and_keeps_the_old_version(tokenized_root, tokenizers, tmp_path):
     root = copy_root(tokenized_root, tmp_path)

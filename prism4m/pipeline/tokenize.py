@@ -28,6 +28,7 @@ from prism4m.errors import UserError, describe_validation_error
 from prism4m.modality.samples import iter_shard_inputs
 from prism4m.modality.specs import SPECS
 from prism4m.pipeline.execute import RunReport
+from prism4m.pipeline.prefetch import prefetched
 from prism4m.pipeline.stage import StageSummary, finish_stage, run_stage_units
 from prism4m.tokenizers.card import CARD_FILE, MAX_VOCAB, read_card
 from prism4m.tokenizers.registry import load_tokenizer
@@ -133,13 +134,17 @@ def token_member(key: str, tokens: np.ndarray | None, tok=None, layout=None) -> 
     return Member(key, ext, data)
 
 
-def _encode_shard(store: DatasetStore, tok, index: int, batch_size: int, cache: dict) -> tuple[list[Member], list[dict], float]:
-    """Token members of one shard for one tokenizer, plus error lines and encoder seconds."""
+def _encode_shard(store: DatasetStore, tok, index: int, batch_size: int, cache: dict,
+                  prefetch: int = 0) -> tuple[list[Member], list[dict], float]:
+    """Token members of one shard for one tokenizer, plus error lines and encoder seconds.
+
+    ``prefetch`` samples are read, decoded and cropped ahead in a thread while the encoder
+    runs (the same members, in the same order, as without)."""
     keys: list[str] = []
     errors: list[dict] = []
     layouts: dict[str, object] = {}
     enc = CropBatchEncoder(tok, batch_size)
-    for s in iter_shard_inputs(store, tok.spec, index, cache):
+    for s in prefetched(iter_shard_inputs(store, tok.spec, index, cache), prefetch):
         keys.append(s.key)
         error = s.error
         if s.value is not None:
@@ -161,16 +166,20 @@ class TokenizeWorker:
     """A Ray actor holding every tokenizer of the run (loaded once) and doing shard units."""
 
     def __init__(self, store: DatasetStore, jobs: list[TokenizeJob], batch_size: int, threads: int,
-                 compression: str | None = "gzip"):
+                 compression: str | None = "gzip", device: str = "cpu", prefetch: int | None = None):
         self.store, self.jobs, self.batch_size, self.threads = store, jobs, batch_size, threads
         self.compression = compression
+        self.device = device
+        # Streaming keeps a GPU busy while the CPU decodes; on a CPU it only adds a thread
+        # competing with the encoder's own (unless asked for).
+        self.prefetch = (4 * batch_size if device.startswith("cuda") else 0) if prefetch is None else prefetch
         self.tokenizers: list = []
 
     def ready(self) -> bool:
         import torch  # in the actor only: the driver never loads a model
 
         torch.set_num_threads(max(1, self.threads))
-        self.tokenizers = [load_tokenizer(j.url) for j in self.jobs]
+        self.tokenizers = [load_tokenizer(j.url, device=self.device) for j in self.jobs]
         return True
 
     def process(self, unit: TokenizeUnit) -> dict:
@@ -202,7 +211,7 @@ class TokenizeWorker:
                 vf = version_folder(job.folder, job.producer["card_hash"])
                 members, errs = store.read_shard(vf, index), store.shard_errors(vf, index)
             else:
-                members, errs, secs = _encode_shard(store, tok, index, self.batch_size, cache)
+                members, errs, secs = _encode_shard(store, tok, index, self.batch_size, cache, self.prefetch)
                 encode_s += secs
             outputs[job.folder] = members
             # Tokens are only as real as what made them: the tokenizer (untrained, or trained on
@@ -290,7 +299,8 @@ def plan_tokenize(store: DatasetStore, jobs: list[TokenizeJob], force: bool = Fa
 def tokenize(root: str, tokenizer_dirs: list[str] | str, *, workers: int | None = None, force: bool = False,
              folders: dict[str, str] | None = None, batch_size: int = 64, num_cpus: float = 1.0,
              ray_address: str | None = None, storage_options: dict | None = None, show_progress: bool = True,
-             max_retries: int = 2, compression: str | None = "gzip") -> TokenizeSummary:
+             max_retries: int = 2, compression: str | None = "gzip", num_gpus: float = 0.0,
+             prefetch: int | None = None) -> TokenizeSummary:
     """Tokenize every committed shard of ``root`` with each tokenizer directory (path or URL).
 
     ``compression``: "gzip" (default) writes each token shard as a gzip'd tar under the usual
@@ -300,8 +310,10 @@ def tokenize(root: str, tokenizer_dirs: list[str] | str, *, workers: int | None 
 
     Skips shards whose ledger matches the tokenizer's card hash and the inputs read; a
     different tokenizer re-tokenizes (keeping the replaced tokens: DATASET.md, "Token versions").
-    ``workers`` actors (default: cluster CPUs ÷ ``num_cpus``), each with ``num_cpus`` CPUs
-    and as many torch threads. Returns a summary; failed shards are in ``summary.failures``.
+    ``workers`` actors (default: as many as the cluster holds), each with ``num_cpus`` CPUs
+    and as many torch threads, and ``num_gpus`` of a GPU: the encoders then run on CUDA and
+    ``prefetch`` samples (default 4 batches with a GPU, none without) are decoded and cropped
+    ahead while they encode. Returns a summary; failed shards are in ``summary.failures``.
     """
     if isinstance(tokenizer_dirs, str):
         tokenizer_dirs = [tokenizer_dirs]
@@ -310,11 +322,17 @@ def tokenize(root: str, tokenizer_dirs: list[str] | str, *, workers: int | None 
     jobs = make_jobs([str(d) for d in tokenizer_dirs], folders)
     units, summary = plan_tokenize(store, jobs, force=force)
     if units:
+        from prism4m.pipeline.ray_env import cluster_gpus, ensure_ray
+
+        summary.ray_start_s = ensure_ray(ray_address)
+        num_gpus = num_gpus if cluster_gpus() > 0 else 0.0  # none on the cluster: encode on CPU
         run_stage_units(store, summary, units, TokenizeWorker,
-                        (store, jobs, batch_size, int(max(1, num_cpus)), compression),
+                        (store, jobs, batch_size, int(max(1, num_cpus)), compression,
+                         "cuda" if num_gpus > 0 else "cpu", prefetch),
                         desc="tokenize " + "+".join(j.folder for j in jobs),
                         writes=lambda u: [jobs[j].folder for j in u.jobs], ray_address=ray_address,
-                        workers=workers, max_retries=max_retries, show_progress=show_progress, num_cpus=num_cpus)
+                        workers=workers, max_retries=max_retries, show_progress=show_progress, num_cpus=num_cpus,
+                        num_gpus=num_gpus)
     finish_stage(store, summary, changed=bool(units))
     return summary
 
