@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = ("coffee", "astronaut", "rocket")
 SHORT_SIDE = 512
-REPEATS = 3
+REPEATS = 5
 IOU_MATCH = 0.99
 
 
