@@ -20,7 +20,7 @@ from skimage import data
 
 from prism4m.labelers.base import LabelInput
 from prism4m.labelers.sam import SamInstanceLabeler
-from prism4m.labelers.sam_amg import BatchedMaskGenerator, rle_encode
+from prism4m.labelers.sam_amg import BatchedMaskGenerator, remove_small_regions_batched, rle_encode
 from sam_amg_fixtures import SETTINGS, build_sam_varied
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -120,14 +120,39 @@ def test_prompt_batch_size_does_not_change_the_masks(labeler):
     assert all(iou >= IOU_MATCH for _, _, iou in match(small, large))
 
 
-def test_small_region_removal_matches_the_reference(sam_dir):
+@pytest.mark.parametrize("backend", ["opencv", "torch"])
+def test_small_region_removal_matches_the_reference(sam_dir, backend):
     lab = SamInstanceLabeler({"checkpoint": sam_dir, "device": "cpu", **SETTINGS, "min_mask_region_area": 40})
     lab.ensure_setup()
+    lab.generator.small_regions = backend  # "auto" picks torch on a GPU only
     img = photo("coffee")
     ref = reference(lab, img)
     ours = lab.generator.generate(img)
     assert len(ours) == len(ref) > 0
     assert all(iou >= IOU_MATCH for _, _, iou in match(ref, ours))
+
+
+def test_batched_small_region_removal_is_segment_anythings():
+    """Exact, mask by mask: holes then islands, on blobs, specks (all islands small: the largest
+    stays, ties as OpenCV labels them), empty and full masks."""
+    import torch
+    from segment_anything.utils.amg import remove_small_regions
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        h, w = (int(v) for v in rng.integers(6, 48, 2))
+        blobs = [cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (k, k), 0)
+                 for k in rng.choice([1, 3, 5, 9], 3)]
+        masks = np.stack([b > np.quantile(b, rng.uniform(0.2, 0.95)) for b in blobs]
+                         + [rng.random((h, w)) < rng.uniform(0.02, 0.3) for _ in range(3)]
+                         + [np.zeros((h, w), bool), np.ones((h, w), bool)])
+        area = int(rng.integers(2, 30))
+        new, changed = remove_small_regions_batched(torch.as_tensor(masks), area)
+        for i, m in enumerate(masks):
+            m, c_holes = remove_small_regions(m, area, mode="holes")
+            m, c_islands = remove_small_regions(m, area, mode="islands")
+            assert np.array_equal(new[i].numpy(), m), (trial, i, area)
+            assert bool(changed[i]) == (c_holes or c_islands)
 
 
 def test_rle_encode_is_pycocotools_encode():

@@ -26,10 +26,12 @@ the batching of the work, never a decision:
    again from their low-resolution logits (the same computation on the same numbers) and
    RLE-encoded together: run lengths are found for the whole batch in torch on the device and
    only the counts go to the host, where pycocotools compresses them.
-5. **Small regions** (`min_mask_region_area > 0`, off by default) use segment-anything's own
-   `remove_small_regions` (OpenCV connected components, on the host) on the survivors only, with
-   the reference's rescoring and NMS; connected components have no short vectorised torch form
-   (label propagation needs as many passes as a region is long).
+5. **Small regions** (`min_mask_region_area > 0`): holes then islands smaller than the area are
+   removed from the survivors only, with the reference's rescoring and NMS. On a GPU,
+   `remove_small_regions_batched` does it for all masks at once in torch (connected components by
+   max-label propagation: area − 1 passes of a 3×3 max-pool, enough to complete every component
+   smaller than the area); on a CPU, where those passes are slow, segment-anything's own
+   `remove_small_regions` (OpenCV) runs per mask. Both give the reference's masks exactly.
 
 Floating point: batching changes the order of sums in the encoder and decoder, so logits differ
 from the reference's in the last bits. A mask whose score or stability sits exactly at a
@@ -61,6 +63,7 @@ class BatchedMaskGenerator:
         min_mask_region_area: int = 0,
         crops_per_batch: int = 8,
         pixels_per_chunk: int | None = None,
+        small_regions: str = "auto",
     ) -> None:
         from segment_anything.utils.amg import build_all_layer_point_grids
         from segment_anything.utils.transforms import ResizeLongestSide
@@ -84,6 +87,9 @@ class BatchedMaskGenerator:
         if pixels_per_chunk is None:
             pixels_per_chunk = 2**26 if self.device.type == "cuda" else 2**22
         self.pixels_per_chunk = pixels_per_chunk
+        # "torch": remove_small_regions_batched on the model's device; "opencv": segment-anything's
+        # remove_small_regions per mask on the host; "auto": torch on a GPU, OpenCV on a CPU.
+        self.small_regions = small_regions
 
     @property
     def device(self):
@@ -261,21 +267,114 @@ class BatchedMaskGenerator:
         from segment_anything.utils.amg import batched_mask_to_box, remove_small_regions
         from torchvision.ops.boxes import batched_nms
 
-        new, scores = [], []
-        for m in masks.cpu().numpy():
-            m, changed_h = remove_small_regions(m, self.min_mask_region_area, mode="holes")
-            m, changed_i = remove_small_regions(m, self.min_mask_region_area, mode="islands")
-            new.append(torch.as_tensor(m))
-            scores.append(float(not (changed_h or changed_i)))
-        new = torch.stack(new)
+        area = self.min_mask_region_area
+        if self.small_regions == "torch" or (self.small_regions == "auto" and self.device.type != "cpu"):
+            new, changed = [], []
+            step = max(1, self.pixels_per_chunk // (masks.shape[1] * masks.shape[2]))
+            for s in range(0, len(masks), step):
+                n, c = remove_small_regions_batched(masks[s:s + step], area)
+                new.append(n)
+                changed.append(c)
+            new, changed = torch.cat(new), torch.cat(changed)
+        else:  # OpenCV on the host: on a CPU it beats label propagation by far
+            new, changed = [], []
+            for m in masks.cpu().numpy():
+                m, changed_h = remove_small_regions(m, area, mode="holes")
+                m, changed_i = remove_small_regions(m, area, mode="islands")
+                new.append(torch.as_tensor(m))
+                changed.append(changed_h or changed_i)
+            new, changed = torch.stack(new).to(masks.device), torch.as_tensor(changed, device=masks.device)
         new_boxes = batched_mask_to_box(new)
-        keep = batched_nms(new_boxes.float(), torch.as_tensor(scores), torch.zeros(len(new)),
+        keep = batched_nms(new_boxes.float(), (~changed).float(), torch.zeros(len(new), device=new.device),
                            iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh))
         # The reference keeps an unchanged mask's old box; a changed one gets its new box.
-        boxes = boxes.cpu().clone()
-        changed = torch.as_tensor(scores) == 0
-        boxes[changed] = new_boxes[changed].to(boxes.dtype)
-        return new[keep].to(self.device), boxes[keep], keep
+        boxes = boxes.clone()
+        boxes[changed.to(boxes.device)] = new_boxes[changed].to(boxes)
+        return new[keep], boxes[keep.to(boxes.device)], keep.cpu()
+
+
+def _components(fg, max_steps: int):
+    """Connected components (8-connectivity) of (n, H, W) bool masks, as far as `max_steps` passes
+    of max-label propagation reach: (labels, sizes, closed). labels: (n, H, W) int64, 0 off the
+    masks, else a component id shared by the pixels it reached; sizes/closed per id (index = id).
+    A component with fewer than max_steps + 2 pixels is complete after max_steps passes (its
+    longest 8-connected path is shorter), and its id is `closed`: no pixel of it touches a pixel
+    with another id. An id that is not closed belongs to a component still growing, hence large.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    n, h, w = fg.shape
+    dtype = torch.float32 if h * w < 2**24 else torch.float64  # exact integer labels in floats
+    idx = torch.arange(1, h * w + 1, device=fg.device, dtype=dtype).view(1, h, w)
+    lab = torch.where(fg, idx, torch.zeros((), dtype=dtype, device=fg.device))
+    for step in range(max_steps):
+        new = F.max_pool2d(lab[:, None], 3, stride=1, padding=1)[:, 0] * fg  # bg pixels stay 0
+        if step % 8 == 7 and torch.equal(new, lab):  # converged early (checked now and then)
+            lab = new
+            break
+        lab = new
+    big = torch.tensor(float(h * w + 1), dtype=dtype, device=fg.device)
+    hi = F.max_pool2d(lab[:, None], 3, stride=1, padding=1)[:, 0]
+    lo = -F.max_pool2d(-torch.where(fg, lab, big)[:, None], 3, stride=1, padding=1)[:, 0]
+    open_px = fg & ((hi != lab) | (lo != lab))
+    # One id space for all masks: mask i's labels shifted by i·(H·W + 1); key 0 = off the masks,
+    # always present (a leading 0 is added so that id 0 means "off" even if every pixel is on).
+    key = (lab.long() + torch.arange(n, device=fg.device).view(n, 1, 1) * (h * w + 1)) * fg
+    ids, inverse, sizes = torch.unique(torch.cat([key.new_zeros(1), key.flatten()]), return_inverse=True,
+                                       return_counts=True)
+    sizes[0] -= 1
+    comp = inverse[1:].view(n, h, w)
+    closed = torch.ones(len(ids), dtype=torch.bool, device=fg.device)
+    closed[comp[open_px]] = False
+    return comp, sizes, closed, ids
+
+
+def remove_small_regions_batched(masks, area_thresh: int):
+    """segment-anything's remove_small_regions, holes then islands, on (n, H, W) bool masks at once
+    in torch: (new masks, changed per mask). Holes: background components (8-connected, the
+    outside included) smaller than area_thresh are filled; islands: mask components smaller than
+    area_thresh are dropped, or if all are, all but the largest (ties: the one OpenCV labels
+    first). Label propagation needs area_thresh − 1 passes over the masks: cheap on a GPU, slow on
+    a CPU (use OpenCV there)."""
+    import torch
+
+    n, h, w = masks.shape
+    steps = max(0, int(area_thresh) - 1)
+    masks = masks.bool()
+    # holes: small closed components of the background are filled
+    comp, sizes, closed, _ = _components(~masks, steps)
+    small = closed & (sizes < area_thresh)
+    small[0] = False                                   # id 0 is "not in this image" (the masks)
+    fill = small[comp]                                 # only background pixels have these ids
+    changed = fill.flatten(1).any(1)
+    masks = masks | fill
+    # islands: small closed components of the mask are dropped, unless all are small
+    comp, sizes, closed, ids = _components(masks, steps)
+    small = closed & (sizes < area_thresh)
+    small[0] = False
+    drop = small[comp]
+    has_small = drop.flatten(1).any(1)
+    keep_px = masks & ~drop
+    all_small = has_small & ~keep_px.flatten(1).any(1)
+    if bool(all_small.any()):
+        # Keep each such mask's largest component; ties go to OpenCV's lowest label, i.e. the
+        # component met first in its scan, which walks 2×2 blocks in row-major order.
+        hw1 = h * w + 1
+        mask_of = torch.div(ids, hw1, rounding_mode="floor")
+        first = torch.full((len(ids),), h * w, dtype=torch.long, device=masks.device)
+        ys = torch.arange(h, device=masks.device).view(h, 1)
+        xs = torch.arange(w, device=masks.device).view(1, w)
+        block = ((ys // 2) * ((w + 1) // 2) + xs // 2).expand(n, h, w)
+        first = first.scatter_reduce(0, comp[masks], block[masks], "amin")
+        score = sizes * (h * w + 1) + (h * w - first)  # larger first, then earlier first block
+        score[0] = -1
+        best = torch.full((n,), -1, dtype=torch.long, device=masks.device)
+        best = best.scatter_reduce(0, mask_of[1:], score[1:], "amax")
+        is_best = torch.zeros(len(ids), dtype=torch.bool, device=masks.device)
+        is_best[1:] = score[1:] == best[mask_of[1:]]
+        keep_px = keep_px | (all_small.view(n, 1, 1) & is_best[comp] & masks)
+    return keep_px, changed | has_small
 
 
 def rle_encode(masks) -> list[dict]:
