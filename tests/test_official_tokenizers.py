@@ -271,3 +271,25 @@ def test_stage_adapter_feature_labels(family):
         assert (ids[0] == want[i]).all(), (family, i)
     folder = {"clip": "tok_clip@224", "dinov2": "tok_dinov2@224", "dinov2_global": "tok_dinov2_global"}[family]
     assert tok.card.token_folder == folder
+
+
+def test_tokenizer_argument_requests(tmp_path):
+    """`-t [NAME[:OPTION]=]LOCATION`: NAME picks the family (or the edge folder), depth takes
+    its resize filter; a directory of ours (or nothing) is not an official request."""
+    from prism4m.errors import UserError
+    from prism4m.tokenizers.fourm.adapter import parse_request
+
+    assert parse_request(str(FX / "rgb")).family is None
+    r = parse_request(f"sam_edge={FX / 'edge'}")
+    assert (r.family, r.label_folder) == ("edge", "sam_edge")
+    assert r.card().token_folder == "tok_sam_edge@224" and r.card().modality == "sam_edge"
+    r = parse_request(f"depth:nearest={FX / 'depth'}")
+    assert r.depth_resample == "nearest" and r.card().normalisation["depth_resample"] == "nearest"
+    assert r.card().card_hash() != parse_request(str(FX / "depth")).card().card_hash()
+    assert parse_request(f"CLIP-B16={FX / 'clip'}").family == "clip"
+    assert parse_request("EPFL-VILAB/4M_tokenizers_rgb_16k_224-448").location.startswith("EPFL-VILAB/")
+    assert parse_request(str(tmp_path)) is None
+    with pytest.raises(UserError, match="only depth takes one"):
+        parse_request(f"rgb:nearest={FX / 'rgb'}")
+    with pytest.raises(UserError, match="no config.json"):
+        parse_request(f"rgb={tmp_path}")

@@ -19,6 +19,8 @@ Global embeddings are the same for every row.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,8 +29,16 @@ import torch
 from prism4m.contract.members import encode_npy
 from prism4m.errors import UserError
 from prism4m.tokenizers.card import TokenizerCard
-from prism4m.tokenizers.fourm.families import Family
-from prism4m.tokenizers.fourm.load import WEIGHTS_FILE, OfficialTokenizer, load_official
+from prism4m.tokenizers.fourm.config import parse_config
+from prism4m.tokenizers.fourm.families import FAMILIES, Family, family_by_domain, family_by_name
+from prism4m.tokenizers.fourm.load import (
+    WEIGHTS_FILE,
+    OfficialTokenizer,
+    is_official_dir,
+    load_official,
+    looks_like_hub_id,
+    read_official_files,
+)
 
 TYPE = "ml4m"
 INPUT_SIZE = 224
@@ -51,6 +61,65 @@ PREPROCESSING = {
                    "the map resampled to the row (prism4m)",
     "feature_global": "save_vq_tokens.py: the CLS embedding (C,) as (C, 1, 1), for every row",
 }
+
+
+_RESAMPLE_OPTIONS = ("nearest", "bicubic", "pil_default")
+
+
+@dataclass(frozen=True)
+class OfficialRequest:
+    """What ``-t [NAME[:OPTION]=]LOCATION`` asks for: NAME a family (``normal``), an ml-4m
+    domain (``CLIP-B16``) or an edge folder (``canny_edge``/``sam_edge``); OPTION, for depth,
+    the resize filter (``nearest`` reproduces Pillow ≤ 10.4, see preprocess.py)."""
+
+    location: str
+    family: str | None = None
+    label_folder: str | None = None
+    depth_resample: str = "pil_default"
+
+    def load(self, device: str = "cpu") -> "OfficialStageTokenizer":
+        return OfficialStageTokenizer.load(self.location, family=self.family, label_folder=self.label_folder,
+                                           device=device, depth_resample=self.depth_resample)
+
+    def card(self, input_size: int = INPUT_SIZE) -> TokenizerCard:
+        """The card, from config.json and the weights' hash alone (no model is built)."""
+        cfg, blob, src = read_official_files(self.location)
+        config = parse_config(cfg, source=src, hint=self.family)
+        official = OfficialTokenizer(config=config, model=None, source=src,  # type: ignore[arg-type]
+                                     weights_sha256=hashlib.sha256(blob).hexdigest(),
+                                     depth_resample=self.depth_resample)  # type: ignore[arg-type]
+        official.check_supported()
+        return official_card(official, self.label_folder, input_size)
+
+
+def parse_request(given: str) -> OfficialRequest | None:
+    """``given`` as an official tokenizer request, or None when it names none (a prism4m
+    tokenizer directory, say). A hub id counts only when no such local path exists."""
+    given = str(given)
+    name, sep, rest = given.partition("=")
+    family = label_folder = None
+    resample = "pil_default"
+    location = given
+    if sep and rest and "/" not in name and "://" not in name:
+        base, _, option = name.partition(":")
+        known = base in FAMILIES or family_by_domain(base) is not None or base in FAMILIES["edge"].label_folders
+        if known:
+            location = rest
+            if base in FAMILIES["edge"].label_folders:
+                family, label_folder = "edge", base
+            else:
+                family = family_by_name(base).name
+            if option:
+                if family != "depth" or option not in _RESAMPLE_OPTIONS:
+                    raise UserError(f"--tokenizer {given}: unknown option {option!r} (only depth takes one: "
+                                    f"{', '.join(_RESAMPLE_OPTIONS)})")
+                resample = option
+    if is_official_dir(location) or looks_like_hub_id(location):
+        return OfficialRequest(location, family, label_folder, resample)
+    if family is not None:
+        raise UserError(f"--tokenizer {given}: {location} holds no config.json + model.safetensors "
+                        "(an ml-4m tokenizer as published)")
+    return None
 
 
 def spec_name(family: Family, label_folder: str | None = None) -> str:
