@@ -47,7 +47,8 @@ from prism4m.pipeline.progress import Progress
 from prism4m.tokenizers.base import SIZES, NeuralTokenizer
 from prism4m.tokenizers.card import MAX_VOCAB, TokenizerCard, config_hash, read_card
 from prism4m.tokenizers.mask import MaskTokenizer
-from prism4m.tokenizers.metrics import codebook_usage, reconstruction_metrics
+from prism4m.modality.token_stats import codebook_usage
+from prism4m.tokenizers.metrics import reconstruction_metrics
 from prism4m.tokenizers.mlp import MLPTokenizer, mlp_architecture
 from prism4m.tokenizers.pose import PoseTokenizer
 from prism4m.tokenizers.text import NUM_SENTINELS, WordPieceTokenizer, fixed_tokens, train_wordpiece

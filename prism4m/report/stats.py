@@ -23,6 +23,7 @@ from PIL import Image
 
 from prism4m.contract.members import decode_npy
 from prism4m.contract.store import DatasetStore
+from prism4m.modality.token_stats import codebook_usage
 
 
 @dataclass
@@ -162,20 +163,6 @@ def histogram(values: list[float], rng: tuple | None, bins: int = 24) -> Chart:
 def categories(names: list[str], top: int = 15) -> Chart:
     common = Counter(names).most_common(top)
     return Chart("", [n for n, _ in common], [c for _, c in common])
-
-
-def codebook_usage(ids: np.ndarray, vocab: int | None) -> dict:
-    ids = ids.astype(np.int64).ravel()
-    counts = np.bincount(ids, minlength=vocab or 0)
-    p = counts[counts > 0] / counts.sum()
-    used = int((counts > 0).sum())
-    out = {"vocab_size": vocab, "tokens_seen": int(ids.size), "codes_used": used,
-           "perplexity": float(np.exp(-(p * np.log(p)).sum())) if p.size else 0.0,
-           "top_ids": [int(i) for i in np.argsort(-counts)[:8]]}
-    if vocab:
-        out["usage"] = used / vocab
-        out["out_of_range"] = int((ids >= vocab).sum() + (ids < 0).sum())
-    return out
 
 
 def _spread(indices: list[int], k: int) -> list[int]:

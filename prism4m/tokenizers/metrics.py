@@ -1,4 +1,4 @@
-"""Held-out reconstruction metrics by modality kind, and codebook usage (recorded in the card)."""
+"""Held-out reconstruction metrics by modality kind (recorded in the card)."""
 
 from __future__ import annotations
 
@@ -66,10 +66,3 @@ def reconstruction_metrics(spec: TokenSpec, x: np.ndarray, recon: np.ndarray,
     return out
 
 
-def codebook_usage(ids: torch.Tensor | np.ndarray, num_codes: int) -> dict[str, float]:
-    """Perplexity (exp of the code entropy) and the share of codes used at least once."""
-    counts = torch.bincount(torch.as_tensor(ids).reshape(-1).long(), minlength=num_codes).double()
-    p = counts / counts.sum().clamp(min=1)
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return {"perplexity": float(entropy.exp()), "usage": float((counts > 0).double().mean()),
-            "codes_used": int((counts > 0).sum()), "num_codes": num_codes}
