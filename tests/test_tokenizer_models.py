@@ -11,7 +11,7 @@ import torch
 from prism4m.modality.specs import get_spec
 from prism4m.tokenizers.base import SIZES
 from prism4m.tokenizers.card import TokenizerCard
-from prism4m.tokenizers.metrics import codebook_usage
+from prism4m.modality.token_stats import codebook_usage
 from prism4m.tokenizers.mlp import MLPTokenizer, mlp_architecture
 from prism4m.tokenizers.quantizer import CosineCodebook
 from prism4m.tokenizers.registry import load_tokenizer
