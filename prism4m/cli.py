@@ -276,7 +276,7 @@ def tokenizer_train(
 @app.command()
 def tokenize(
     root: str = root_argument(),
-    tokenizer: list[str] = typer.Option(..., "--tokenizer", "-t", help="tokenizer directory (repeatable)"),
+    tokenizer: list[str] = typer.Option(..., "--tokenizer", "-t", help="tokenizer directory (repeatable); or an ml-4m published tokenizer: its directory (config.json + model.safetensors), hub id, or NAME[:OPTION]=DIR (docs/DATASET.md)"),
     workers: Optional[int] = WORKERS,
     force: bool = typer.Option(False, help="re-tokenize committed shards"),
     batch_size: int = typer.Option(64, help="crops per encoder forward"),

@@ -112,7 +112,10 @@ def load_job(path: str | Path) -> JobSpec:
     for t in spec.tokenizers:
         t.out = _local(base, t.out)
     if spec.tokenize and spec.tokenize.tokenizers:
-        spec.tokenize.tokenizers = [_local(base, p) for p in spec.tokenize.tokenizers]
+        from prism4m.tokenizers.fourm.adapter import with_location
+
+        # a tokenizer may be `NAME=DIR` (an ml-4m tokenizer for one folder) or a hub id
+        spec.tokenize.tokenizers = [with_location(p, lambda loc: _local(base, loc)) for p in spec.tokenize.tokenizers]
     if train is not None:
         if not isinstance(train, dict):
             raise UserError(f"{path}: train: expected a mapping (the trainer's config, see jobs/train-tiny.yaml)")

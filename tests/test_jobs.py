@@ -151,3 +151,30 @@ def test_the_runner_calls_each_stage_with_its_section_and_prints_its_lines(tmp_p
     assert by["tokenize"][1] == (job.root, [str(tmp_path / "t1")])  # trained in this job, text left out
     assert by["tokenize"][2]["compression"] == "none"
     assert by["train"][1] == (job.train,) and by["status"][1] == (job.root, {"anon": True})
+
+
+def test_the_official_tokens_job_names_a_published_tokenizer_for_each_folder():
+    """jobs/4m21-tokens-official.yaml: every entry is an ml-4m tokenizer request whose family
+    is supported, and together they write ml-4m's token folders for what 4M-21 labels."""
+    from prism4m.tokenizers.fourm.adapter import parse_request
+    from prism4m.tokenizers.fourm.families import family_from_name
+
+    spec = load_job(JOBS / "4m21-tokens-official.yaml")
+    folders = set()
+    for given in spec.tokenize.tokenizers:
+        req = parse_request(given)
+        assert req is not None and req.location == given.rpartition("=")[2], given  # hub ids stay hub ids
+        fam = family_from_name(req.location)
+        assert fam is not None and fam.supported, given
+        folders.add(fam.out_folder_for(req.label_folder or fam.label_folders[0], 224))
+    assert folders >= {"tok_rgb@224", "tok_depth@224", "tok_normal@224", "tok_canny_edge@224", "tok_sam_edge@224",
+                       "tok_semseg@224", "tok_clip@224", "tok_dinov2@224", "tok_dinov2_global"}
+
+
+def test_tokenizer_locations_in_a_job_resolve_against_the_file(tmp_path):
+    (tmp_path / "tok" / "depth").mkdir(parents=True)
+    (tmp_path / "j.yaml").write_text("root: ds\ntokenize: {tokenizers: ['depth:nearest=tok/depth', tok/mine, "
+                                     "'EPFL-VILAB/4M_tokenizers_rgb_16k_224-448', 'tok/depth']}\n")
+    toks = load_job(tmp_path / "j.yaml").tokenize.tokenizers
+    assert toks == [f"depth:nearest={tmp_path}/tok/depth", f"{tmp_path}/tok/mine",
+                    "EPFL-VILAB/4M_tokenizers_rgb_16k_224-448", f"{tmp_path}/tok/depth"]

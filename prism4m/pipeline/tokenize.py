@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from pydantic import ValidationError
@@ -31,6 +31,8 @@ from prism4m.pipeline.execute import RunReport
 from prism4m.pipeline.prefetch import prefetched
 from prism4m.pipeline.stage import StageSummary, finish_stage, run_stage_units
 from prism4m.tokenizers.card import CARD_FILE, MAX_VOCAB, read_card
+from prism4m.tokenizers.fourm.adapter import OfficialRequest, parse_request
+from prism4m.tokenizers.fourm.load import looks_like_hub_id
 from prism4m.tokenizers.registry import load_tokenizer
 
 #: bump when the same tokenizer would write different tokens (crop/normalise code changes)
@@ -46,10 +48,14 @@ class TokenizeJob:
     folder: str
     producer: dict
     source_folder: str
+    official: OfficialRequest | None = None  # a published ml-4m tokenizer (no card of ours)
 
     @property
     def producer_hash(self) -> str:
         return producer_hash(self.producer)
+
+    def load(self, device: str = "cpu"):
+        return self.official.load(device) if self.official is not None else load_tokenizer(self.url, device=device)
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,8 @@ def tokenizer_producer(card, folder: str) -> dict:
         # Tokens per SAM instance / person end up in a text sequence: the folder's vocabulary is
         # the text tokenizer's, so readers (the trainer's registry) must not take the codebook's.
         sizes = {"instance_codes": card.vocab_size, "tokens_per_instance": int(np.prod(card.token_grid or [0]))}
+    if card.training.get("official_id"):  # a published ml-4m tokenizer: which one, and its exact weights
+        sizes.update(official_id=card.training["official_id"], weights_sha256=card.weights.get("sha256"))
     return {"kind": "tokenizer", "name": folder, "type": card.type, "modality": card.modality,
             "card_hash": card.card_hash(), **sizes, "version": TOKENIZE_VERSION, "code_version": __version__}
 
@@ -179,7 +187,7 @@ class TokenizeWorker:
         import torch  # in the actor only: the driver never loads a model
 
         torch.set_num_threads(max(1, self.threads))
-        self.tokenizers = [load_tokenizer(j.url, device=self.device) for j in self.jobs]
+        self.tokenizers = [j.load(self.device) for j in self.jobs]
         return True
 
     def process(self, unit: TokenizeUnit) -> dict:
@@ -230,11 +238,23 @@ class TokenizeWorker:
 
 
 def make_jobs(tokenizer_dirs: list[str], folders: dict[str, str] | None = None) -> list[TokenizeJob]:
-    """Read each card (no weights) and decide the output folder and producer."""
+    """Read each card (no weights) and decide the output folder and producer.
+
+    A directory (or hub id) holding a published ml-4m tokenizer — ``config.json`` +
+    ``model.safetensors``, no card — is accepted as well, optionally as
+    ``NAME[:OPTION]=LOCATION`` (prism4m.tokenizers.fourm.adapter.parse_request); its card is
+    made from its config and the weights' sha256."""
     jobs = []
     for given in tokenizer_dirs:
-        url = absolute_url(given)  # workers load it: a relative dir means nothing in their cwd
-        card = read_tokenizer_card(url)
+        official = parse_request(given)
+        if official is not None:
+            # workers load it: a relative dir means nothing in their cwd
+            if not looks_like_hub_id(official.location):
+                official = replace(official, location=absolute_url(official.location))
+            url, card = official.location, official.card()
+        else:
+            url = absolute_url(given)
+            card = read_tokenizer_card(url)
         if card.type == "wordpiece":
             raise UserError(f"--tokenizer {url}: a text (WordPiece) tokenizer; tokenize takes image, feature, "
                             "instance and pose tokenizers; text is tokenized by the trainer (data.text_tokenizer)")
@@ -246,7 +266,7 @@ def make_jobs(tokenizer_dirs: list[str], folders: dict[str, str] | None = None) 
             raise UserError(f"--tokenizer {url}: modality {card.modality!r} has no tokenize spec; "
                             f"known: {', '.join(sorted(SPECS))}")
         folder = (folders or {}).get(given) or (folders or {}).get(url) or card.token_folder or spec.token_folder(card.input_size)
-        jobs.append(TokenizeJob(url, folder, tokenizer_producer(card, folder), spec.folder))
+        jobs.append(TokenizeJob(url, folder, tokenizer_producer(card, folder), spec.folder, official))
     names = [j.folder for j in jobs]
     if len(set(names)) != len(names):
         raise UserError(f"two tokenizers write the same folder: {names}")

@@ -20,6 +20,7 @@ Global embeddings are the same for every row.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -30,7 +31,7 @@ from prism4m.contract.members import encode_npy
 from prism4m.errors import UserError
 from prism4m.tokenizers.card import TokenizerCard
 from prism4m.tokenizers.fourm.config import parse_config
-from prism4m.tokenizers.fourm.families import FAMILIES, Family, family_by_domain, family_by_name
+from prism4m.tokenizers.fourm.families import FAMILIES, Family, family_by_domain, family_by_name, family_from_name
 from prism4m.tokenizers.fourm.load import (
     WEIGHTS_FILE,
     OfficialTokenizer,
@@ -120,6 +121,19 @@ def parse_request(given: str) -> OfficialRequest | None:
         raise UserError(f"--tokenizer {given}: {location} holds no config.json + model.safetensors "
                         "(an ml-4m tokenizer as published)")
     return None
+
+
+def with_location(given: str, rewrite) -> str:
+    """``given`` with its LOCATION part passed through ``rewrite`` (a job file makes relative
+    paths absolute this way), keeping a ``NAME[:OPTION]=`` prefix. The hub id of a published
+    tokenizer (``EPFL-VILAB/4M_tokenizers_…``) stays one unless the rewritten path exists."""
+    given = str(given)
+    name, sep, rest = given.partition("=")
+    prefix, location = (name + sep, rest) if sep and rest and "/" not in name and "://" not in name else ("", given)
+    local = rewrite(location)
+    if looks_like_hub_id(location) and family_from_name(location) is not None and not os.path.exists(local):
+        return given
+    return prefix + local
 
 
 def spec_name(family: Family, label_folder: str | None = None) -> str:
