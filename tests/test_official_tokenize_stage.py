@@ -128,3 +128,20 @@ def test_cli_official_depth_version_and_refusals(official_root, tmp_path):
     (d / "model.safetensors").write_bytes((FX / "dinov2_global" / "model.safetensors").read_bytes())
     res = runner.invoke(app, ["tokenize", root, "-t", str(d)])
     assert res.exit_code == 2 and "SMPL" in res.output and "COCO keypoints" in res.output, res.output
+
+
+def test_trainer_takes_official_vocabularies_from_the_root(official_root):
+    """The trainer sizes each modality by the tokenizer that wrote it (the fixtures' tiny
+    codebooks here; 16384 for the published rgb one), never by ml-4m's default table."""
+    from prism4m.trainer.modalities import build_registry
+
+    root = official_root["root"]
+    if not DatasetStore(root).ledger("tok_depth@224"):
+        res = runner.invoke(app, ["tokenize", root, "-t", str(FX / "depth"), "-t", str(FX / "dinov2_global"), "-q"])
+        assert res.exit_code == 0, res.output
+    reg = build_registry(["tok_depth@224", "tok_dinov2_global"], root=root)
+    codebook = {f: json.loads((FX / f / "config.json").read_text())["codebook_size"] for f in ("depth", "dinov2_global")}
+    assert reg["tok_depth@224"].vocab_size == codebook["depth"] == 256  # ml-4m's table says 8192
+    assert reg["tok_depth@224"].num_tokens == 196
+    assert reg["tok_dinov2_global"].vocab_size == codebook["dinov2_global"] == 64
+    assert reg["tok_dinov2_global"].num_tokens == 16 and reg["tok_dinov2_global"].type == "global"
