@@ -258,8 +258,9 @@ app.add_typer(tokens_app, name="tokens")
 def tokenizer_train(
     root: str = root_argument("dataset root with the modality labelled"),
     modality: str = typer.Option(..., "--modality", "-m",
-                                 help="rgb, depth, normal, canny_edge, sam_edge, semseg_coco, clip, dinov2, "
-                                      "clip_global, dinov2_global, sam_instance, human_poses or text"),
+                                 help="rgb, depth, normal, canny_edge, sam_edge, semseg_coco, clip, dinov2, imagebind, "
+                                      "clip_global, dinov2_global, imagebind_global, sam_instance, "
+                                      "human_poses or text"),
     out: str = typer.Option(..., "--out", "-o", help="tokenizer directory to write (resumed if it exists)"),
     settings: list[str] = typer.Option([], "--set", "-s", help="TrainConfig KEY=VALUE, e.g. max_seconds=60 size=tiny"),
     storage_options: Optional[str] = STORAGE,

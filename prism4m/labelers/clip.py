@@ -89,7 +89,8 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def _tag_weights(model_name: str, tag: str, cache_dir: str | None) -> Path:
+def _tag_weights(model_name: str, tag: str, cache_dir: str | None, labeler: str = "clip",
+                 example: str = EXAMPLE_CHECKPOINT) -> Path:
     """Local file of an open_clip pretrained tag: cache first, then the network if reachable."""
     import open_clip
     from huggingface_hub import hf_hub_download
@@ -108,13 +109,13 @@ def _tag_weights(model_name: str, tag: str, cache_dir: str | None) -> Path:
                 except Exception:  # noqa: BLE001 - not cached / not on the hub: try the next
                     continue
         why = "offline (HF_HUB_OFFLINE)" if _hub_offline() else "not cached and the hub is unreachable"
-        raise missing_weights("clip", EXAMPLE_CHECKPOINT, f"open_clip tag {tag!r} for {model_name}: {why}")
+        raise missing_weights(labeler, example, f"open_clip tag {tag!r} for {model_name}: {why}")
     url = cfg.get("url", "")
     cached = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
     if cached.exists():
         return cached
     if _hub_offline() or not _reachable(url):
-        raise missing_weights("clip", EXAMPLE_CHECKPOINT, f"open_clip tag {tag!r} for {model_name}: "
+        raise missing_weights(labeler, example, f"open_clip tag {tag!r} for {model_name}: "
                               f"{url} is not cached and cannot be reached")
     return Path(open_clip.download_pretrained(cfg, cache_dir=cache_dir))
 
@@ -128,7 +129,7 @@ class _QuietRandomInit(logging.Filter):
         return "initialized randomly" not in msg and "no CLIP weights found" not in msg
 
 
-def _weights_file(resolved: ResolvedCheckpoint) -> Path:
+def _weights_file(resolved: ResolvedCheckpoint, labeler: str = "clip", example: str = EXAMPLE_CHECKPOINT) -> Path:
     if resolved.path.is_file():
         return resolved.path
     files = sorted(p for p in resolved.path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
@@ -137,18 +138,19 @@ def _weights_file(resolved: ResolvedCheckpoint) -> Path:
         safe = [p for p in files if p.suffix == ".safetensors"]
         if len(safe) == 1:
             return safe[0]
-        raise missing_weights("clip", EXAMPLE_CHECKPOINT, f"{resolved.path} holds "
+        raise missing_weights(labeler, example, f"{resolved.path} holds "
                               f"{len(files)} weight files ({', '.join(p.name for p in files) or 'none'}); "
                               f"point `checkpoint` at one")
     return files[0]
 
 
-class ClipLabeler(Labeler):
-    name = "clip"
-    Config = ClipConfig
-    # ViT-B/16 at 224 is ~17 GFLOPs per image: a quarter GPU keeps up with decoding.
-    default_resources = Resources(num_cpus=1, num_gpus=0.25, batch_size=64)
+class OpenClipVisionLabeler(Labeler):
+    """What the clip and imagebind labelers share: `checkpoint` resolved as open_clip's
+    ``pretrained=`` is (tag, hub id, local file or directory), an open_clip image tower loaded
+    strictly, and rgb images batched for it. Subclasses set `name`, `example_checkpoint`,
+    a Config with ClipConfig's fields, and compute their rows in `features`."""
 
+    example_checkpoint = EXAMPLE_CHECKPOINT
     visual = None
     checkpoint: ResolvedCheckpoint | None = None
 
@@ -157,19 +159,24 @@ class ClipLabeler(Labeler):
 
         ckpt, cfg = self.config.checkpoint, self.config
         if ckpt and not Path(os.path.expanduser(ckpt)).exists() and open_clip.get_pretrained_cfg(cfg.model_name, ckpt):
-            return ResolvedCheckpoint(ckpt, _tag_weights(cfg.model_name, ckpt, cfg.cache_dir), False)
+            return ResolvedCheckpoint(ckpt, _tag_weights(cfg.model_name, ckpt, cfg.cache_dir, self.name,
+                                                         self.example_checkpoint), False)
         if ckpt and ckpt.startswith("hf-hub:"):
             ckpt = ckpt[len("hf-hub:"):]
-        resolved = resolve_checkpoint(self.name, ckpt, EXAMPLE_CHECKPOINT)
+        resolved = resolve_checkpoint(self.name, ckpt, self.example_checkpoint)
         return ResolvedCheckpoint(self.config.checkpoint, resolved.path, resolved.random_weights)
 
-    def setup(self) -> None:
+    def _weights(self) -> Path:
+        """Resolve `checkpoint` (sets self.checkpoint) and return its one weights file."""
+        self.checkpoint = self._resolve()
+        return _weights_file(self.checkpoint, self.name, self.example_checkpoint)
+
+    def _open_clip_visual(self, weights: Path):
+        """The image tower of an open_clip checkpoint, loaded strictly; architecture from
+        `open_clip_config.json` next to the weights, else from `model_name`."""
         import open_clip
-        import torch
 
         cfg = self.config
-        self.checkpoint = self._resolve()
-        weights = _weights_file(self.checkpoint)
         arch_dir = weights.parent if (weights.parent / OPEN_CLIP_CONFIG).is_file() else None
         # A tag fixes the normalisation and activation its weights were trained with
         # (SigLIP's mean/std differ from OpenAI's; OpenAI weights need QuickGELU).
@@ -187,19 +194,25 @@ class ClipLabeler(Labeler):
         open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True)
         visual = model.visual
         if not isinstance(visual, open_clip.transformer.VisionTransformer) or visual.attn_pool is not None:
-            raise ValueError(f"clip labeler needs an open_clip VisionTransformer image tower without "
+            raise ValueError(f"{self.name} labeler needs an open_clip VisionTransformer image tower without "
                              f"attention pooling (patch tokens + projection); got {type(visual).__name__}")
-        visual.output_tokens = True  # forward returns (pooled, tokens)
         del model  # the text tower is never used
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.precision]
+        arch = {"model_name": None if arch_dir else cfg.model_name,
+                "open_clip_config": json.loads((arch_dir / OPEN_CLIP_CONFIG).read_text()) if arch_dir else None}
+        return visual, arch
+
+    def _install(self, visual, arch: dict) -> None:
+        """Put the tower on the device in the configured precision; record its geometry."""
+        import open_clip
+        import torch
+
+        visual.output_tokens = True  # forward returns (pooled, tokens)
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.config.precision]
         self.visual = visual.to(self.device, self.dtype).eval()
         pp = open_clip.get_model_preprocess_cfg(self.visual)
         self.input_size = tuple(self.visual.image_size)
         self.mean, self.std = tuple(pp["mean"]), tuple(pp["std"])
-        self.arch = {"model_name": None if arch_dir else cfg.model_name,
-                     "open_clip_config": json.loads((arch_dir / OPEN_CLIP_CONFIG).read_text()) if arch_dir else None,
-                     "input_size": list(self.input_size), "grid": list(self.visual.grid_size),
-                     "embed_dim": int(self.visual.output_dim)}
+        self.arch = {**arch, "input_size": list(self.input_size), "grid": list(self.visual.grid_size)}
 
     def model_provenance(self) -> dict:
         self.ensure_setup()
@@ -207,13 +220,35 @@ class ClipLabeler(Labeler):
         prov.update(self.arch)
         return prov
 
+    def _batch(self, images: list[np.ndarray]):
+        x, _ = images_to_batch(images, self.input_size, self.mean, self.std, fit=self.config.fit,
+                               device=self.device, dtype=self.dtype)
+        return x
+
+    def features(self, images: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def label_batch(self, batch: list[LabelInput]) -> list[bytes]:
+        feats = self.features([s.image for s in batch])
+        return [encode_npy(f.astype(np.float16)) for f in feats]
+
+
+class ClipLabeler(OpenClipVisionLabeler):
+    name = "clip"
+    Config = ClipConfig
+    # ViT-B/16 at 224 is ~17 GFLOPs per image: a quarter GPU keeps up with decoding.
+    default_resources = Resources(num_cpus=1, num_gpus=0.25, batch_size=64)
+
+    def setup(self) -> None:
+        visual, arch = self._open_clip_visual(self._weights())
+        self._install(visual, {**arch, "embed_dim": int(visual.output_dim)})
+
     def features(self, images: list[np.ndarray]) -> np.ndarray:
         """(B, 1 + h·w, C) float32: global embedding then projected patch tokens."""
         import torch
 
         self.ensure_setup()
-        x, _ = images_to_batch(images, self.input_size, self.mean, self.std, fit=self.config.fit,
-                               device=self.device, dtype=self.dtype)
+        x = self._batch(images)
         with torch.inference_mode():
             pooled, tokens = self.visual(x)
             if self.visual.final_ln_after_pool:  # then only the pooled token went through ln_post
@@ -221,7 +256,3 @@ class ClipLabeler(Labeler):
             tokens = tokens @ self.visual.proj
             out = torch.cat([pooled[:, None], tokens], dim=1)
         return out.float().cpu().numpy()
-
-    def label_batch(self, batch: list[LabelInput]) -> list[bytes]:
-        feats = self.features([s.image for s in batch])
-        return [encode_npy(f.astype(np.float16)) for f in feats]

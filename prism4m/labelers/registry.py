@@ -25,6 +25,7 @@ BUILTIN_LABELERS: dict[str, str] = {
     "human_poses": "prism4m.labelers.human_poses:HumanPosesLabeler",
     "clip": "prism4m.labelers.clip:ClipLabeler",
     "dinov2": "prism4m.labelers.dinov2:Dinov2Labeler",
+    "imagebind": "prism4m.labelers.imagebind:ImagebindLabeler",
     "caption": "prism4m.labelers.caption:CaptionLabeler",
     "t5_caption": "prism4m.labelers.t5_caption:T5CaptionLabeler",
     "semseg_coco": "prism4m.labelers.semseg:SemsegCocoLabeler",
