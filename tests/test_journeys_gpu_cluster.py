@@ -59,7 +59,7 @@ def test_job_spec_groups_fit_a_gpu_node_by_their_gpu_fraction():
         assert unfit_request(group, resource_request(cpus, gpus), [node]) is None, (group, cpus, gpus)
         fits[group] = actors_that_fit(cpus, gpus, nodes=[node])
         assert fits[group] == (int(round(1 / gpus * 1e4)) // 10_000 if gpus else int(16 // cpus)), (group, gpus)
-    assert fits == {"default": 16, "dense": 1, "sam": 2, "objects": 1, "text": 2}, fits
+    assert fits == {"default": 16, "dense": 1, "imagebind": 2, "sam": 2, "objects": 1, "text": 2}, fits
     # Two such nodes hold twice as many; an 8-GPU node holds 8 dense actors if it has the CPUs.
     assert actors_that_fit(1, 0.5, nodes=[node, node]) == 4
     assert actors_that_fit(1, 0.2 + 0.2 + 0.1 + 0.25 + 0.25, nodes=[{"CPU": 64.0, "GPU": 8.0}]) == 8
