@@ -216,3 +216,20 @@ def test_configured_max_pixels_above_pillows_own_limit_is_the_one_in_force(tmp_p
     (bomb,) = decode_errors(root)
     assert bomb["reason"] == "too_large" and "bomb.png" in bomb["message"]
     assert "max_pixels=200,000,000" in bomb["message"]  # refused by our header check, not by Pillow
+
+
+def test_a_sample_with_two_images_keeps_the_first_and_says_so(tmp_path):
+    """WebDataset has one image per sample: `x.jpg` + `x.png` ingests the first in the tar and
+    records the other, named, instead of dropping it silently."""
+    from prism4m.pipeline import sources
+
+    first, second = jpeg_bytes(30), jpeg_bytes(31)
+    path = tmp_path / "s.tar"
+    path.write_bytes(tar_bytes([("x.jpg", first), ("x.png", second), ("x.txt", b"a caption"), ("y.jpg", first)]))
+    items = list(sources.iter_items(sources.SourceFile(str(path), "s.tar", "tar")))
+    got = {(i.member, i.reason) for i in items}
+    assert got == {("x.png", "duplicate_member"), ("x.jpg", None), ("y.jpg", None)}, got
+    note = next(i for i in items if i.reason)
+    assert "'x.jpg'" in note.message and "'x.png'" in note.message and "kept" in note.message
+    kept = next(i for i in items if i.member == "x.jpg")
+    assert kept.data == first and kept.caption == "a caption"

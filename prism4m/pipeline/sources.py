@@ -13,8 +13,9 @@ the scan and ingest tasks.
 Only regular files are read (a named pipe would block the reader forever; sockets and
 devices are not corpus content): anything else is refused as `unsupported`. A tar is read
 member by member: an unsafe member (absolute or '..' path, link) is refused as `unsafe`, a
-repeated member name as `duplicate_member` (the first is kept), a sample without an image
-member as `unsupported`; the tar's other samples are still read.
+repeated member name as `duplicate_member` (the first is kept), a second image of one sample
+(`a.jpg` and `a.png`) as `duplicate_member` too (the first in the tar is ingested), a sample
+without an image member as `unsupported`; the tar's other samples are still read.
 """
 
 from __future__ import annotations
@@ -324,6 +325,11 @@ def _iter_tar(f: SourceFile, so: dict, want: set[str] | None) -> Iterator[RawIte
                               f"{f.uri}: sample {gkey!r} ({listed}) has no image member: its extensions are "
                               f"{exts} (a WebDataset key ends at the first dot of the name)")
             continue
+        others = [names[gkey][e] for e in members if e in IMAGE_EXTS and e != img_ext]
+        if others and want is None:  # WebDataset has one image per sample: say which one is used
+            yield RawItem(f"{f.rel}#{others[0]}", f.uri, others[0], b"", None, "duplicate_member",
+                          f"{f.uri}: sample {gkey!r} has {len(others) + 1} images; {names[gkey][img_ext]!r} "
+                          f"(first in the tar) is kept, {', '.join(repr(o) for o in others)} ignored")
         caption = None
         for c in CAPTION_EXTS:
             if c in members:
