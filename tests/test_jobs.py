@@ -168,7 +168,7 @@ def test_the_official_tokens_job_names_a_published_tokenizer_for_each_folder():
         assert fam is not None and fam.supported, given
         folders.add(fam.out_folder_for(req.label_folder or fam.label_folders[0], 224))
     assert folders >= {"tok_rgb@224", "tok_depth@224", "tok_normal@224", "tok_canny_edge@224", "tok_sam_edge@224",
-                       "tok_semseg@224", "tok_clip@224", "tok_dinov2@224", "tok_dinov2_global"}
+                       "tok_semseg@224", "tok_clip@224", "tok_dinov2@224", "tok_dinov2_global", "sam_instance@224"}
 
 
 def test_tokenizer_locations_in_a_job_resolve_against_the_file(tmp_path):

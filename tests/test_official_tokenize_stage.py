@@ -145,3 +145,57 @@ def test_trainer_takes_official_vocabularies_from_the_root(official_root):
     assert reg["tok_depth@224"].num_tokens == 196
     assert reg["tok_dinov2_global"].vocab_size == codebook["dinov2_global"] == 64
     assert reg["tok_dinov2_global"].num_tokens == 16 and reg["tok_dinov2_global"].type == "global"
+
+
+def test_cli_tokenize_official_sam_instance_then_export(official_root, tmp_path):
+    """ml-4m's SAM-instance tokenizer through `prism4m tokenize -t DIR`: sam_instance@224/KEY.json
+    as our mask tokenizers write it, 16 ids per kept instance, crop row 0's ids ml-4m's; then
+    `prism4m export --format ml4m-sam` reads it back in ml-4m's pickled layout."""
+    from prism4m.modality.instances import crop_instances, decode_label, read_member
+
+    root, key_of = official_root["root"], official_root["key_of"]
+    store = DatasetStore(root)
+    labels = {p: (FX / "_inputs" / p / "sam_instance.json").read_bytes() for p in PHOTOS}
+    _commit(store, "sam_instance", {key_of[p]: ("json", labels[p]) for p in PHOTOS})
+    res = runner.invoke(app, ["tokenize", root, "-t", str(FX / "sam_instance"), "-q"])
+    assert res.exit_code == 0, res.output
+
+    want = np.load(FX / "sam_instance" / "tokens.npy")
+    counts = json.loads((FX / "sam_instance" / "inputs.json").read_text())["counts"]
+    starts = np.cumsum([0] + [sum(c) for c in counts])
+    rows = {m.key: decode_npy(m.data) for m in store.iter_shard("crop_settings", 0)}
+    members = {m.key: m for m in store.iter_shard("sam_instance@224", 0)}
+    assert {m.ext for m in members.values()} == {"json"}
+    for i, p in enumerate(PHOTOS):
+        crops = read_member(members[key_of[p]].data)
+        root_rows = rows[key_of[p]]
+        assert len(crops) == len(root_rows)
+        cut = crop_instances(decode_label(labels[p]), root_rows, 224)
+        assert [len(c["token_ids"]) for c in crops] == cut.counts and sum(cut.counts) > 0
+        for c in crops:
+            assert c["token_ids"].shape == (len(c["bbox"]), 16) and (c["token_ids"] < 256).all()
+        # crop row 0 is the fixture's row 0 (the centred square): ml-4m's ids for its instances
+        fx_rows = np.load(FX / "_inputs" / p / "crop_settings_scene.npy")
+        assert (root_rows[0] == fx_rows[0]).all()
+        ml4m_row0 = want[starts[i]:starts[i] + counts[i][0]]
+        assert np.array_equal(crops[0]["token_ids"], ml4m_row0), p
+    prod = store.record("sam_instance@224", 0)["producer"]
+    assert prod["type"] == "ml4m" and prod["official_id"] == "EPFL-VILAB/4M_tokenizers_sam-instance_1k_64"
+    assert (prod["instance_codes"], prod["tokens_per_instance"], "n_tokens" in prod) == (256, 16, False)
+
+    out = tmp_path / "ml4m"
+    res = runner.invoke(app, ["export", root, "--format", "ml4m-sam", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "_export.json").read_text())
+    assert summary["source_folder"] == "sam_instance@224" and summary["rows"] == len(PHOTOS)
+    import tarfile
+
+    with tarfile.open(out / "sam_instance" / "shard-000000.tar") as tar:
+        exported = {n.name[:-4]: tar.extractfile(n).read() for n in tar.getmembers()}
+    for p in PHOTOS:
+        sample = np.load(io.BytesIO(exported[key_of[p]]), allow_pickle=True)  # ml-4m's reader (test only)
+        for entry, c in zip(sample, read_member(members[key_of[p]].data), strict=True):
+            ids = entry["token_ids"].astype(np.int32)
+            assert ids.shape == (len(entry["bbox"]), 16)
+            np.testing.assert_array_equal(ids, c["token_ids"])
+            np.testing.assert_array_equal(entry["bbox"], c["bbox"])

@@ -137,6 +137,20 @@ def test_published_size_names_and_shapes(family):
     assert all(p + "." in DECODER_PREFIXES for p in rec["full_model"]["other_key_prefixes"])
 
 
+def test_published_sam_instance_architecture():
+    """run_training_vqvae.py with the sam_instance yaml: a VQVAE on one-channel 64×64 masks,
+    ViT-B patch 16 (4×4 = 16 ids per instance), post_mlp (argparse default; the yaml leaves
+    it), 1024 codes of width 1024."""
+    rec = PUBLISHED["sam_instance"]
+    config = parse_config(dict(rec["config"], domain=rec["domain"]))
+    assert config.family is FAMILIES["sam_instance"] and config.family.supported
+    assert (config.vocab_size, config.mask_size, config.instance_grid) == (1024, 64, 4)
+    eq = rec["encoder_quantizer"]
+    assert eq["encoder.pos_emb"] == [1, 768, 4, 4] and eq["encoder.proj.weight"] == [768, 1, 16, 16]
+    assert eq["quant_proj.weight"] == [1024, 768, 1, 1] and eq["quantize._codebook.embed"] == [1024, 1024]
+    assert "encoder.post_mlp.fc1.weight" in eq and rec["model_type"] == "VQVAE"
+
+
 def test_published_vocab_and_tokens():
     want = {"rgb": (16384, 196), "depth": (8192, 196), "normal": (8192, 196), "edge": (8192, 196),
             "semseg": (4096, 196), "clip": (8192, 196), "dinov2": (8192, 256), "imagebind": (8192, 256),
@@ -144,6 +158,104 @@ def test_published_vocab_and_tokens():
     for fam, (vocab, n) in want.items():
         config = parse_config(dict(PUBLISHED[fam]["config"], domain=PUBLISHED[fam]["domain"]))
         assert (config.vocab_size, config.n_tokens(224)) == (vocab, n), fam
+
+
+# ---------------------------------------------------------------------- SAM instances
+def sam_fixture() -> dict:
+    """The sam_instance fixture: per photo its label (sam_instance.json) and crop rows, the
+    masks prism4m cut from them that ml-4m tokenized (masks.npz), ml-4m's ids (tokens.npy)."""
+    from prism4m.modality.instances import decode_label
+
+    inp = json.loads((FX / "sam_instance" / "inputs.json").read_text())
+    z = np.load(FX / "sam_instance" / "masks.npz")
+    shape = tuple(int(v) for v in z["shape"])
+    masks = np.unpackbits(z["masks"], axis=-1)[..., :shape[-1]].reshape(shape)
+    return {"photos": inp["photos"], "counts": inp["counts"], "masks": masks, "bboxes": z["bboxes"],
+            "tokens": np.load(FX / "sam_instance" / "tokens.npy"),
+            "labels": {p: decode_label((FX / "_inputs" / p / "sam_instance.json").read_bytes())
+                       for p in inp["photos"]},
+            "rows": {p: np.load(FX / "_inputs" / p / "crop_settings_scene.npy") for p in inp["photos"]}}
+
+
+def test_sam_instance_cut_is_the_fixtures():
+    """prism4m's cut of the fixture labels still gives the masks ml-4m tokenized (else the id
+    comparison below would compare different inputs)."""
+    from prism4m.modality.instances import crop_instances
+
+    fx = sam_fixture()
+    got = [crop_instances(fx["labels"][p], fx["rows"][p], 224) for p in fx["photos"]]
+    assert [c.counts for c in got] == fx["counts"]
+    assert (np.concatenate([c.masks for c in got]) == fx["masks"]).all()
+    assert (np.concatenate([c.bboxes for c in got]) == fx["bboxes"]).all()
+    assert fx["masks"].shape == (sum(map(sum, fx["counts"])), 1, 64, 64) and 0.2 < fx["masks"].mean() < 0.8
+
+
+def test_sam_instance_ids_equal_ml4m():
+    """Labels → prism4m's cut → ml-4m's mask input (0.0/1.0 float32) → ml-4m's ids (ties aside)."""
+    torch.set_num_threads(1)
+    fx = sam_fixture()
+    tok = load_official(str(FX / "sam_instance"))
+    x = torch.cat([tok.inputs(fx["labels"][p], fx["rows"][p], 224) for p in fx["photos"]])
+    stats = json.loads((FX / "sam_instance" / "input_stats.json").read_text())
+    assert list(x.shape) == stats["shape"] and x.dtype == torch.float32
+    assert set(torch.unique(x).tolist()) == {0.0, 1.0}
+    assert x.double().flatten(1).sum(1).tolist() == stats["per_mask_sum"]
+    want = fx["tokens"]
+    got = tok.encode(x)
+    assert got.shape == want.shape == (len(x), 16)
+    diff = got != want
+    n_diff = int(diff.sum())
+    if n_diff:
+        margins = tok.margins(x)
+        not_ties = int((diff & (margins >= TIE_MARGIN)).sum())
+        assert not_ties == 0 and n_diff <= MAX_TIE_SHARE * want.size, (
+            f"sam_instance: {n_diff} of {want.size} ids differ from ml-4m's, {not_ties} of them not float ties")
+    # the fixture discriminates: ids vary, and the masks in rgb's [-1, 1] give other ids
+    assert len(np.unique(want)) > 30
+    assert (tok.encode(x * 2 - 1) != want).mean() > 0.3
+
+
+def test_sam_instance_stage_adapter_member():
+    """The stage's view: one encoder row per instance kept in a crop, the member our mask
+    tokenizers write (KEY.json, 16 ids per instance), a card without n_tokens."""
+    from prism4m.modality.instances import read_member
+    from prism4m.pipeline.tokenize import tokenizer_producer
+    from prism4m.tokenizers.fourm.adapter import OfficialStageTokenizer
+
+    fx = sam_fixture()
+    tok = OfficialStageTokenizer.load(str(FX / "sam_instance"))
+    card = tok.card
+    assert (card.modality, card.token_folder, card.n_tokens, card.token_grid) == \
+        ("sam_instance", "sam_instance@224", None, [4, 4])
+    assert (card.input_size, card.patch_size, card.vocab_size) == (224, 16, 256) and tok.member_ext == "json"
+    prod = tokenizer_producer(card, card.token_folder)
+    assert (prod["instance_codes"], prod["tokens_per_instance"], "n_tokens" in prod) == (256, 16, False)
+    assert prod["official_id"] == "EPFL-VILAB/4M_tokenizers_sam-instance_1k_64"
+    at = 0
+    for p, counts in zip(fx["photos"], fx["counts"]):
+        label = fx["labels"][p]
+        x, layout = tok.prepare_sample(label, fx["rows"][p], label.shape)
+        assert x.dtype == np.float32 and x.shape == (sum(counts), 1, 64, 64) and layout.counts == counts
+        ids = tok.encode(x)
+        want = fx["tokens"][at:at + sum(counts)]
+        at += sum(counts)
+        assert (ids == want).all(), p
+        crops = read_member(tok.member_bytes(ids, layout))
+        assert [len(c["token_ids"]) for c in crops] == counts
+        assert np.array_equal(np.concatenate([c["token_ids"] for c in crops]), want)
+        assert all(c["token_ids"].shape[1:] == (16,) for c in crops)
+    assert tok.encode(np.zeros((0, 1, 64, 64), np.float32)).shape == (0, 16)
+
+
+def test_sam_instance_config_errors():
+    rec = PUBLISHED["sam_instance"]
+    with pytest.raises(OfficialConfigError, match="one-channel"):
+        parse_config(dict(rec["config"], domain="sam_mask", n_channels=3))
+    with pytest.raises(OfficialConfigError, match="one-channel"):
+        parse_config(dict(rec["config"], domain="sam_mask", patch_proj=False))
+    # without a domain, one channel at 64 px is the SAM-instance tokenizer
+    cfg = {k: v for k, v in rec["config"].items()}
+    assert parse_config(cfg).family is FAMILIES["sam_instance"]
 
 
 # ---------------------------------------------------------------------- loading rules

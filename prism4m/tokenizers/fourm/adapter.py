@@ -15,6 +15,18 @@ centred square (crop_settings row 0). Row 0 is fed the stored map unchanged (ml-
 given the same features); other rows get the stored map resampled to the row
 (``modality.rasters.crop_feature_map``), an approximation of recomputing the features.
 Global embeddings are the same for every row.
+
+SAM instances (``sam-instance_1k_64``). The batch is one row per instance kept in any crop,
+as for our own mask tokenizers (``tokenizers.mask.MaskTokenizer``): each instance is cut
+per crop row by ``modality.instances.crop_instances`` (box in crop pixels, the box's
+contents resized to the tokenizer's 64×64, kept where ≥ 0.5, instances under ``MIN_AREA``
+crop pixels dropped) and fed as ml-4m feeds masks (0.0 / 1.0 float32, one channel). ml-4m
+never released how its SAM-instance tokens were extracted, so this cut is prism4m's,
+consistent with ml-4m's ``decode_sam_instances`` (16 ids → a 64×64 mask resized into the
+box) and its training transform, not a copy of an extraction (DATASET.md). The member is
+the ``KEY.json`` our mask tokenizers write (``modality.instances.member_bytes``) in the same
+folder (``sam_instance@224``); the card has no ``n_tokens`` (the ids end up in a text
+sequence) and a ``[4, 4]`` grid per instance.
 """
 
 from __future__ import annotations
@@ -47,7 +59,7 @@ INPUT_SIZE = 224
 #: family → the tokenize spec (card ``modality``) of each label folder it can read
 _SPEC_NAMES = {"rgb": "rgb", "depth": "depth", "normal": "normal", "semseg": "semseg_coco", "clip": "clip",
                "dinov2": "dinov2", "imagebind": "imagebind", "dinov2_global": "dinov2_global",
-               "imagebind_global": "imagebind_global"}
+               "imagebind_global": "imagebind_global", "sam_instance": "sam_instance"}
 
 PREPROCESSING = {
     "rgb": "ml-4m RGBTransform(imagenet_default_mean_and_std=False): crop, PIL resize (BICUBIC), hflip, /255, "
@@ -61,6 +73,9 @@ PREPROCESSING = {
     "feature_map": "save_vq_tokens.py: patch tokens (h*w, C) as a (C, h, w) map; row 0 the stored map, other rows "
                    "the map resampled to the row (prism4m)",
     "feature_global": "save_vq_tokens.py: the CLS embedding (C,) as (C, 1, 1), for every row",
+    "sam_mask": "ml-4m SAMInstanceTransform input: each instance's mask as (1, S, S) float32 0.0/1.0; the cut "
+                "per crop row (box, resize to S, threshold, min area) is prism4m's crop_instances (ml-4m did not "
+                "release its SAM-instance token extraction)",
 }
 
 
@@ -153,6 +168,8 @@ def official_card(official: OfficialTokenizer, label_folder: str | None = None,
     """The card of an official tokenizer at ``input_size`` (made, not stored)."""
     fam, cfg = official.family, official.config
     name = spec_name(fam, label_folder)
+    if fam.kind == "sam_mask":
+        return _instance_card(official, name, input_size)
     global_tokens = cfg.mlp is not None
     g = cfg.grid(input_size)
     normalisation = {"ml4m": PREPROCESSING[fam.kind]}
@@ -172,11 +189,32 @@ def official_card(official: OfficialTokenizer, label_folder: str | None = None,
     )
 
 
+def _instance_card(official: OfficialTokenizer, name: str, input_size: int) -> TokenizerCard:
+    """SAM instances: like our mask tokenizers' cards, ids per instance (no ``n_tokens``, a
+    ``[g, g]`` grid per instance), ``input_size`` the crop side the boxes are in."""
+    from prism4m.modality.instances import CONTOUR_EPSILON, MIN_AREA
+
+    fam, cfg = official.family, official.config
+    g = cfg.instance_grid
+    normalisation = {"ml4m": PREPROCESSING[fam.kind], "kind": "binary_mask", "mask_size": cfg.mask_size,
+                     "min_area_px": MIN_AREA, "threshold": 0.5, "contour_epsilon_px": CONTOUR_EPSILON,
+                     "cut": "prism4m crop_instances (inferred: ml-4m's extraction is unreleased)"}
+    return TokenizerCard(
+        type=TYPE, modality=name, token_folder=fam.out_folder_for(name, input_size),
+        vocab_size=cfg.codebook_size, n_tokens=None, token_grid=[g, g], input_size=input_size,
+        patch_size=cfg.patch_size, normalisation=normalisation,
+        architecture={"official_id": fam.hub_id, **cfg.describe(), "mask_size": cfg.mask_size, "grid": g},
+        weights={"file": WEIGHTS_FILE, "sha256": official.weights_sha256},
+        training={"source": "apple/ml-4m published tokenizer", "official_id": fam.hub_id,
+                  "loaded_from": official.source,
+                  "decoder": "not loaded (tokenizing needs only the encoder and quantizer)"},
+    )
+
+
 class OfficialStageTokenizer:
     """The tokenize stage's view of a published tokenizer (see module docstring)."""
 
     type: ClassVar[str] = TYPE
-    member_ext: ClassVar[str] = "npy"
 
     def __init__(self, official: OfficialTokenizer, label_folder: str | None = None,
                  input_size: int = INPUT_SIZE):
@@ -199,6 +237,11 @@ class OfficialStageTokenizer:
         return cls(official, label_folder, input_size)
 
     # ------------------------------------------------------------------ the stage's interface
+    @property
+    def member_ext(self) -> str:
+        """``npy`` (ml-4m's ``KEY.npy``), or ``json`` for SAM instances (our mask tokenizers' member)."""
+        return "json" if self.official.family.kind == "sam_mask" else "npy"
+
     def card_hash(self) -> str:
         return self.card.card_hash()
 
@@ -207,10 +250,17 @@ class OfficialStageTokenizer:
         kind = self.official.family.kind
         if kind in ("feature_map", "feature_global"):
             return self._prepare_features(value, rows, image_hw, region)
+        if kind == "sam_mask":
+            return self.prepare_sample(value, rows, image_hw, region)[0]
         return self.official.inputs(value, rows, self.input_size).numpy()
 
     def prepare_sample(self, value: Any, rows: np.ndarray, image_hw: tuple[int, int],
-                       region: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, None]:
+                       region: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, Any]:
+        """(encoder inputs, layout): layout is None, or for SAM instances the ``CropInstances``
+        (which crop each input row belongs to, its box and contour) that ``member_bytes`` needs."""
+        if self.official.family.kind == "sam_mask":
+            inst = self.official.crop_instances(value, rows, self.input_size)
+            return self.official.inputs(inst.masks).numpy(), inst
         return self.prepare(value, rows, image_hw, region), None
 
     def _prepare_features(self, value, rows, image_hw, region) -> np.ndarray:
@@ -236,6 +286,8 @@ class OfficialStageTokenizer:
         """Encoder inputs (B, …) → ids (B, n_tokens) int64."""
         x = torch.as_tensor(np.asarray(batch))
         kind = self.official.family.kind
+        if kind == "sam_mask" and x.shape[0] == 0:  # no instance in any crop
+            return np.zeros((0, int(np.prod(self.card.token_grid))), np.int64)
         if kind == "feature_map":  # save_vq_tokens.py hands the encoder a permuted (channels-last) view
             x = x.contiguous(memory_format=torch.channels_last)
         elif kind == "feature_global":
@@ -243,7 +295,12 @@ class OfficialStageTokenizer:
         return self.official.encode(x)
 
     def member_bytes(self, tokens: np.ndarray, layout: Any = None) -> bytes:
-        """``KEY.npy`` int16 ``(n_crops, n_tokens)``, as ml-4m's save_vq_tokens.py writes it."""
+        """``KEY.npy`` int16 ``(n_crops, n_tokens)``, as ml-4m's save_vq_tokens.py writes it; SAM
+        instances: the ``KEY.json`` of our mask tokenizers (``modality.instances.member_bytes``)."""
+        if self.official.family.kind == "sam_mask":
+            from prism4m.modality.instances import member_bytes
+
+            return member_bytes(layout, tokens, self.input_size, int(np.prod(self.card.token_grid)))
         return encode_npy(np.asarray(tokens).astype(np.int16))
 
     def decode(self, ids: Any) -> np.ndarray:

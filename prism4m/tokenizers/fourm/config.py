@@ -69,6 +69,7 @@ class OfficialConfig:
     num_codebooks: int
     latent_dim: int
     norm_codes: bool
+    image_size: int = 224  # training resolution (``image_size``); SAM instances: the mask side (64)
     vit: tuple[int, int, int, float] | None = None  # dim, depth, heads, mlp_ratio
     mlp: tuple[str, int, int, int] | None = None  # kind, blocks, width, expansion
     raw: dict = field(default_factory=dict, repr=False)
@@ -88,6 +89,16 @@ class OfficialConfig:
         if self.mlp is not None:
             return self.num_codebooks
         return self.grid(input_size) ** 2 * (self.num_codebooks if self.num_codebooks > 1 else 1)
+
+    @property
+    def mask_size(self) -> int:
+        """SAM instances: the side of the mask the encoder takes (ml-4m ``mask_size``, 64)."""
+        return self.image_size
+
+    @property
+    def instance_grid(self) -> int:
+        """SAM instances: tokens per side of one instance (64 // 16 = 4, i.e. 16 ids)."""
+        return self.image_size // self.patch_size
 
     def describe(self) -> dict:
         d = {"family": self.family.name, "domain": self.family.domain, "enc_type": self.enc_type,
@@ -194,6 +205,7 @@ def parse_config(cfg: dict, source: str = "", hint: str | None = None) -> Offici
         num_codebooks=_as_int(cfg, _get(cfg, "num_codebooks", default=1), "num_codebooks"),
         latent_dim=_as_int(cfg, _get(cfg, "latent_dim", default=32), "latent_dim"),
         norm_codes=bool(_get(cfg, "norm_codes", default=True)),
+        image_size=image_size,
         raw=dict(cfg),
     )
     if "vit" in enc_type:
@@ -219,6 +231,12 @@ def parse_config(cfg: dict, source: str = "", hint: str | None = None) -> Offici
         out.mlp = (kind, blocks, width, expansion)
     else:
         raise OfficialConfigError(f"config.json: enc_type {enc_type!r} is neither an ml-4m ViT nor an MLP encoder")
+    if family.kind == "sam_mask" and (out.vit is None or not out.patch_proj or out.n_channels != 1
+                                      or image_size % out.patch_size):
+        raise OfficialConfigError(
+            f"config.json: a SAM-instance tokenizer takes one-channel {image_size}x{image_size} masks through a "
+            f"patch-projecting ViT (ml-4m's sam_mask VQVAE); this one has n_channels {out.n_channels}, "
+            f"patch_proj {out.patch_proj}, enc_type {enc_type!r}, patch_size {out.patch_size}")
     if quant_type == "lucid":
         if not out.norm_codes:
             raise OfficialConfigError("config.json: norm_codes false (a Euclidean codebook) is not used by any "

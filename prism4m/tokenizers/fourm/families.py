@@ -3,7 +3,9 @@
 Sources: ml-4m README "Tokenizers" table (hub ids, token counts), ``fourm/data/modality_info.py``
 (``MODALITY_INFO``: modality keys, vocabulary sizes, ``num_channels``, ``num_labels``),
 ``cfgs/default/tokenization/**`` (training domains, patch sizes, resolutions) and
-``save_vq_tokens.py`` (what is fed to ``model.tokenize``).
+``save_vq_tokens.py`` (what is fed to ``model.tokenize``); for SAM instances, whose token
+extraction ml-4m did not release, ``run_training_vqvae.py`` / ``SAMInstanceTransform`` (the
+tokenizer's training input) and ``plotting_utils.decode_sam_instances`` (how its ids are read).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ class Family:
     domain: ml-4m's training ``domain`` (``config.json`` key when present)
     hub_id: the published checkpoint
     label_folders: our label folders it tokenizes, in preference order
-    out_folder: the ml-4m modality key written (``tok_rgb@224``…); ``{res}`` is the input size
+    out_folder: the folder written: ml-4m's modality key (``tok_rgb@224``…) or, for SAM instances,
+        prism4m's ``sam_instance@224``; ``{res}`` is the input (crop) size
     kind: how inputs are made (see ``preprocess.py``)
     supported: False → ``tokenize`` refuses it with ``refusal``
     """
@@ -64,11 +67,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("imagebind_global", "ImageBind-H14-global",
            "EPFL-VILAB/4M_tokenizers_ImageBind-H14-global_8k_16_224", ("imagebind",), "tok_imagebind_global",
            "feature_global"),
+    # 64×64 instance masks → 16 ids per instance; writes the folder our mask tokenizers write
+    # (sam_instance/ holds the RLE labels; ml-4m's own layout: `prism4m export --format ml4m-sam`)
     Family("sam_instance", "sam_mask", "EPFL-VILAB/4M_tokenizers_sam-instance_1k_64", ("sam_instance",),
-           "sam_instance", "sam_mask", supported=False,
-           refusal="the official SAM-instance tokenizer is not wired into prism4m's tokenize stage yet "
-                   "(its 64x64 per-instance masks and 16 ids per instance); use a mask tokenizer trained with "
-                   "'prism4m tokenizer train --modality sam_instance'"),
+           "sam_instance@{res}", "sam_mask"),
     Family("human_poses", "human_poses", "EPFL-VILAB/4M_tokenizers_human-poses_1k_8", ("human_poses",),
            "human_poses", "pose", supported=False,
            refusal="the official human-poses tokenizer encodes SMPL body poses (207 values: 23 joint rotation "

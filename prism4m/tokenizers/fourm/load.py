@@ -143,7 +143,8 @@ class OfficialTokenizer:
         """One sample's label (and crop rows, for pixel modalities) → ml-4m's encoder batch.
 
         rgb / depth / normal / edge / semseg: ``label`` is the decoded image, ``rows`` its
-        crop_settings. feature_map: ``label`` holds patch tokens ``(h·w, C)`` or ``(B, h·w, C)``
+        crop_settings. sam_mask: ``label`` is an ``InstanceLabel`` (cut per row by
+        ``instance_masks``) or the instances' 0/1 masks ``(N, 1, 64, 64)``. feature_map: ``label`` holds patch tokens ``(h·w, C)`` or ``(B, h·w, C)``
         (``grid`` = h when not square-inferable). feature_global: ``(C,)`` or ``(B, C)``."""
         kind = self.family.kind
         if kind == "rgb":
@@ -162,8 +163,25 @@ class OfficialTokenizer:
             return pp.feature_map_inputs(label, g)
         if kind == "feature_global":
             return pp.feature_global_inputs(label)
+        if kind == "sam_mask":
+            return pp.sam_mask_inputs(self.instance_masks(label, rows, input_size), self.config.mask_size)
         self.check_supported()
         raise OfficialLoadError(f"{self.family.short_id}: no input preparation for kind {kind!r}")
+
+    def crop_instances(self, label, rows, input_size: int = 224):
+        """SAM instances: every instance of ``label`` in every crop row, cut as prism4m's own
+        mask tokenizers cut them (``modality.instances.crop_instances``) at this tokenizer's
+        mask size: per kept instance its crop-pixel box and a 0/1 mask."""
+        from prism4m.modality.instances import MIN_AREA, crop_instances
+
+        return crop_instances(label, rows, input_size, self.config.mask_size, MIN_AREA)
+
+    def instance_masks(self, label, rows=None, input_size: int = 224) -> np.ndarray:
+        from prism4m.modality.instances import InstanceLabel
+
+        if isinstance(label, InstanceLabel):
+            return self.crop_instances(label, rows, input_size).masks
+        return np.asarray(label)
 
     # ------------------------------------------------------------------ encode
     @torch.inference_mode()

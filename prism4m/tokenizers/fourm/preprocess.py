@@ -36,6 +36,15 @@ marked:
   permuted view, which we keep); global variants: the ``(B, C)`` CLS embedding as
   ``(B, C, 1, 1)`` (``save_vq_tokens.py``, ``run_training_vqvae.py::prepare_inputs``).
 
+- sam_mask (SAM instances): one instance per encoder row, ``(N, 1, 64, 64)`` float32 holding
+  exactly 0.0 and 1.0: ``SAMInstanceTransform.get_binary_masks`` (``modality_transforms.py``)
+  fills the instance's polygon with 255 in a uint8 mask and stores ``mask / 255.0``,
+  ``postprocess`` casts it to float32 and ``run_training_vqvae.py::prepare_inputs`` flattens
+  the instances to ``(N, 1, S, S)`` (``n_channels`` 1, ``MODALITY_INFO['sam_mask']``; no
+  resize, no normalisation). How each instance is cut to its 64×64 mask is prism4m's
+  ``modality.instances.crop_instances`` (ml-4m did not release its SAM-instance token
+  extraction; the adapter and DATASET.md say what is inferred).
+
 Crops outside the image are padded with 0 by ``TF.crop``/PIL, as here.
 """
 
@@ -181,3 +190,16 @@ def feature_global_inputs(vectors) -> torch.Tensor:
     if t.ndim == 1:
         t = t.unsqueeze(0)
     return t.unsqueeze(2).unsqueeze(2)
+
+
+def sam_mask_inputs(masks, mask_size: int = 64) -> torch.Tensor:
+    """Instance masks (N, 1, S, S) or (N, S, S), 0/1 → (N, 1, S, S) float32 of 0.0 / 1.0
+    (``mask / 255.0`` of ml-4m's 0/255 uint8 masks, cast to float32)."""
+    arr = np.asarray(masks)
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4 or arr.shape[1] != 1 or arr.shape[2:] != (mask_size, mask_size):
+        raise ValueError(f"SAM instance masks must be (N, 1, {mask_size}, {mask_size}), got {arr.shape}")
+    if arr.size and not np.isin(arr, (0, 1)).all():
+        raise ValueError("SAM instance masks must hold only 0 and 1")
+    return torch.from_numpy((arr.astype(np.uint8) * np.uint8(255)) / 255.0).to(torch.float32)
