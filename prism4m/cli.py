@@ -19,14 +19,35 @@ from typer.core import TyperGroup
 from prism4m.errors import UserError, refuse_file_root
 
 
+#: the command-line parser's mistake class: typer ≥ 0.20 vendors click (typer._click), so it is
+#: found through the public typer.BadParameter rather than a private import
+_USAGE_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _usage_error(exc, fallback_path: str):
+    if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `prism4m tokens`: its help was the answer
+        raise exc
+    where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else fallback_path
+    typer.secho(f"error: {where}: {exc.format_message()} (see `{where} --help`)", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2) from None
+
+
 class Prism4mGroup(TyperGroup):
     """Every command (sub-groups included) is parsed and run inside this group's invoke: user
-    errors become one line on stderr and exit code 2; anything else is a bug and keeps its
-    traceback. (Malformed command lines are typer's: usage, its message, exit code 2.)"""
+    errors — a malformed command line included — become one line on stderr and exit code 2;
+    anything else is a bug and keeps its traceback."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:  # the top level's own options (`prism4m --bogus`) are parsed here
+            return super().make_context(info_name, args, parent, **extra)
+        except _USAGE_ERRORS as exc:
+            _usage_error(exc, info_name or "prism4m")
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except _USAGE_ERRORS as exc:  # the parser's: missing argument, unknown option or command
+            _usage_error(exc, ctx.command_path)
         except Exception as exc:
             from prism4m.errors import user_error_message
 

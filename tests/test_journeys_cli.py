@@ -224,3 +224,16 @@ def test_labelers_config_shows_keys_types_defaults_and_descriptions():
     keys = list(rows)
     assert keys.index("low") < keys.index("num_cpus")
     assert "prism4m label ROOT -m canny_edge -c canny_edge.KEY=VALUE" in result.stdout
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["label"], ("prism4m label", "Missing argument", "--help")),
+    (["label", "somewhere", "--bogus"], ("No such option: --bogus",)),
+    (["nosuch"], ("No such command 'nosuch'",)),
+    (["tokenizer", "train", "somewhere"], ("prism4m tokenizer train", "--modality")),
+    (["--bogus"], ("prism4m", "No such option: --bogus")),
+    (["ingest", "a", "b", "--workers", "x"], ("--workers",)),
+])
+def test_a_malformed_command_line_is_one_line_too(argv, fragments):
+    """The parser's mistakes read like every other mistake: `error: …` on one line, exit 2."""
+    _one_line_error(runner.invoke(app, argv, prog_name="prism4m"), *fragments)
