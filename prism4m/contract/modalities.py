@@ -87,6 +87,18 @@ MODALITIES: dict[str, Modality] = {m.name: m for m in [
     Modality("t5_caption", "npz"),
 ]}
 
+#: The 19 in_domain keys of ml-4m's 4M-21 data config (4M_FORMAT.md §3) → the prism4m label
+#: folder each one's data comes from (its tokens are made from that folder; `rgb@224` is the
+#: pixels themselves). `prism4m status` counts them.
+FOURM21_IN_DOMAIN: dict[str, str] = {
+    "rgb@224": "rgb", "tok_rgb@224": "rgb", "tok_depth@224": "depth", "tok_normal@224": "normal",
+    "tok_semseg@224": "semseg_coco", "tok_clip@224": "clip", "caption": "caption", "det": "det",
+    "t5_caption": "t5_caption", "metadata": "metadata", "human_poses": "human_poses",
+    "color_palette": "color_palette", "sam_instance": "sam_instance", "tok_canny_edge@224": "canny_edge",
+    "tok_sam_edge@224": "sam_edge", "tok_dinov2@224": "dinov2", "tok_imagebind@224": "imagebind",
+    "tok_dinov2_global": "dinov2", "tok_imagebind_global": "imagebind",
+}
+
 #: folders whose members are text-like sequences (trainer and Parquet export)
 SEQUENCE_FOLDERS: tuple[str, ...] = tuple(m.name for m in MODALITIES.values() if m.sequence)
 

@@ -5,6 +5,10 @@ Computed from the ledger and `_plan/producers.json` (no config needed):
   producer is not the one last asked for (for folders with no recorded producer: the folder's
   newest), or the inputs it read are not the ones committed now;
 - missing: an rgb shard with no record and no failure; failed: a recorded final failure.
+
+A last line counts 4M-21's 19 in_domain keys (contract.modalities.FOURM21_IN_DOMAIN) whose
+label folder is committed and current on every rgb shard, how many of those came from random
+weights, and which are missing (with the folder that would provide them).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from prism4m.contract.modalities import FOURM21_IN_DOMAIN
 from prism4m.contract.producers import is_stale, recorded_producers
 from prism4m.contract.store import DatasetStore
 
@@ -46,6 +51,22 @@ class DatasetStatus:
     @property
     def random_weights(self) -> bool:
         return any(f.random_weights for f in self.folders)
+
+    def fourm21(self) -> dict[str, list[str]]:
+        """4M-21's 19 in_domain keys by what the root holds for them: ``labelled`` (their
+        folder committed and current on every rgb shard), ``random_weights`` (labelled, by a
+        random-weight model or from its output) and ``missing``."""
+        by_name = {f.folder: f for f in self.folders}
+        out: dict[str, list[str]] = {"labelled": [], "random_weights": [], "missing": []}
+        for key, folder in FOURM21_IN_DOMAIN.items():
+            f = by_name.get(folder)
+            if f is not None and self.rgb_shards and f.committed == self.rgb_shards:
+                out["labelled"].append(key)
+                if f.random_weights:
+                    out["random_weights"].append(key)
+            else:
+                out["missing"].append(key)
+        return out
 
     def to_json(self) -> dict:
         """The shape `prism4m status --json` prints (plain JSON types only)::
@@ -139,6 +160,17 @@ def format_status(st: DatasetStatus) -> str:
     lines.append("  ".join(str(h).ljust(w) for h, w in zip(head, widths)).rstrip())
     for r in rows:
         lines.append("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+    if st.rgb_shards:
+        m21 = st.fourm21()
+        line = f"4M-21 in-domain modalities: {len(m21['labelled'])}/{len(FOURM21_IN_DOMAIN)} labelled"
+        if m21["random_weights"]:
+            line += f" ({len(m21['random_weights'])} from RANDOM WEIGHTS)"
+        missing: dict[str, list[str]] = {}
+        for key in m21["missing"]:
+            missing.setdefault(FOURM21_IN_DOMAIN[key], []).append(key)
+        if missing:
+            line += "; missing folders: " + ", ".join(f"{f} ({', '.join(k)})" for f, k in missing.items())
+        lines.append(line)
     if st.source_errors:
         lines.append("input files not ingested: " + ", ".join(f"{k}={v}" for k, v in sorted(st.source_errors.items())))
     if st.random_weights:
