@@ -138,6 +138,18 @@ DRIVER = textwrap.dedent('''
         timed("held", lambda: label(root, ["depth"], {"depth": depth}, force=True,
                                     ray_address=cluster.address, show_progress=False))
         ray.util.remove_placement_group(pg)
+
+        # A local root that one node does not share (simulated: that node's view lacks the
+        # driver's probe file) is refused before any work, naming the node; the probe is removed.
+        import prism4m.pipeline.ray_env as ray_env
+        blind = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU"))
+        ray_env._path_visible = lambda p, blind=blind: (ray.get_runtime_context().get_node_id() != blind
+                                                        and os.path.exists(p))
+        out["shared_checked"] = sorted(ray_env._shared_checked)
+        ray_env._shared_checked.clear()
+        timed("unshared", lambda: label(root, ["canny_edge"], ray_address=cluster.address, show_progress=False))
+        out["probes_left"] = [n for n in os.listdir(root) if n.startswith(".prism4m-shared-probe")]
+        out["canny_committed"] = os.path.exists(os.path.join(root, "canny_edge"))
     finally:
         print("RESULT " + json.dumps(out), flush=True)
         ray.shutdown()
@@ -191,6 +203,14 @@ def test_gpu_fraction_actors_fit_the_gpus_and_unplaceable_ones_fail_fast(photo_c
     assert "label depth: no actor could be placed in 3 s: each asks for 1 CPU + 0.5 GPU" in h["message"], h
     assert "1 node with 4 CPU + 1 GPU" in h["message"] and "free now 4 CPU + 0 GPU" in h["message"], h["message"]
     assert h["s"] < 15, h
+
+    # Every node shared the root: checked once, allowed. A node that does not: refused, named.
+    assert res["shared_checked"] == [root], res["shared_checked"]
+    u = res["unshared"]
+    assert u.get("error") == "UserError", u
+    assert root in u["message"] and "127.0.0.1" in u["message"] and "do not share" in u["message"], u["message"]
+    assert "s3://" in u["message"] and u["s"] < 30, u
+    assert res["probes_left"] == [] and not res["canny_committed"]
 
 
 # --------------------------------------------------------------------------- external head + CLI

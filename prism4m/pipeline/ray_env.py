@@ -16,6 +16,9 @@ Which Ray a command uses:
 Sizing: `actors_that_fit` counts actors by every resource they ask for, node by node (an actor
 never spans nodes), so a GPU-fraction group gets as many actors as the GPUs hold, not one per
 CPU; `unfit_request` names a request no node can ever hold.
+
+Local paths: on a multi-node cluster `require_shared` refuses a local root that some node does
+not share (a probe file the driver writes, looked for by a task pinned to each node).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 
 _started_here = False
 
@@ -71,10 +75,51 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> float
     else:
         # address="local": always start our own instance, never join a stray one on this machine
         # (it also makes Ray ignore RAY_ADDRESS; handled above).
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=256 * 2**20)
+        with _lean_local_node():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=256 * 2**20)
         _started_here = True
     return time.perf_counter() - t0
+
+
+@contextmanager
+def _lean_local_node():
+    """A private local Ray without the head's helper processes that nothing here uses.
+
+    ``ray.init`` starts, besides the GCS and the raylet, an autoscaler monitor (a fixed local
+    node has nothing to scale), a log monitor (we pass ``log_to_driver=False``: it has no one to
+    forward to) and the dashboard's API server (even with ``include_dashboard=False``; it serves
+    job submission and the state API, neither used by a private instance). Each is a Python
+    process importing Ray: on a 2-core box they took ~2.5 s of the ~6 s a one-shard command
+    spent starting and stopping Ray (measured whole-process, `ingest` start-up). Ray offers no
+    ``ray.init`` argument for them, so its node parameters are adjusted for this one call; if
+    Ray's internals moved, the call runs as before. ``PRISM4M_RAY_FULL_HEAD=1`` keeps them.
+    """
+    if os.environ.get("PRISM4M_RAY_FULL_HEAD") == "1":
+        yield
+        return
+    try:
+        import ray._private.node as ray_node
+        import ray._private.parameter as ray_parameter
+
+        params_init = ray_parameter.RayParams.__init__
+        start_api_server = ray_node.Node.start_api_server
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def lean_params(self, *args, **kwargs):
+        params_init(self, *args, **kwargs)
+        self.no_monitor = True
+        self.include_log_monitor = False
+
+    ray_parameter.RayParams.__init__ = lean_params
+    ray_node.Node.start_api_server = lambda self, **kwargs: None
+    try:
+        yield
+    finally:
+        ray_parameter.RayParams.__init__ = params_init
+        ray_node.Node.start_api_server = start_api_server
 
 
 def _first_line(exc: BaseException) -> str:
@@ -245,3 +290,65 @@ def limit_threads_to_assigned_cpus() -> int:
     except Exception:  # noqa: BLE001
         pass
     return n
+
+
+# ---------------------------------------------------------------- local paths on a cluster
+#: local paths already seen from every node by this process (one check per path per driver)
+_shared_checked: set[str] = set()
+SHARED_CHECK_TIMEOUT_S = 30.0
+
+
+def _path_visible(path: str) -> bool:
+    """Runs on a node: does the driver's probe file exist there?"""
+    return os.path.exists(path)
+
+
+def nodes_not_seeing(directory: str, timeout_s: float = SHARED_CHECK_TIMEOUT_S) -> list[str]:
+    """Addresses of the alive nodes on which the local ``directory`` the driver sees is not the
+    same directory: the driver writes a probe file into it and a zero-CPU task pinned to each
+    node looks for it. A node that does not answer within ``timeout_s`` is not counted."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return []
+    probe = os.path.join(directory, f".prism4m-shared-probe-{uuid.uuid4().hex[:12]}")
+    with open(probe, "w") as f:
+        f.write("written by the prism4m driver to see which Ray nodes share this directory\n")
+    try:
+        check = ray.remote(num_cpus=0, max_retries=0)(_path_visible)
+        refs = {check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(probe): n.get("NodeManagerAddress", n["NodeID"][:12]) for n in nodes}
+        done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        blind = []
+        for ref in done:
+            try:
+                if not ray.get(ref):
+                    blind.append(refs[ref])
+            except Exception:  # noqa: BLE001 - a node that cannot run the check is not evidence
+                continue
+        return sorted(blind)
+    finally:
+        os.remove(probe)
+
+
+def require_shared(url: str, what: str = "root") -> None:
+    """Refuse a local ``url`` that some node of a multi-node cluster does not share: its workers
+    would write their shards to their own disks (lost to the driver) or read nothing."""
+    if "://" in url and not url.startswith(("file://", "local://")):
+        return  # an object store or remote filesystem: every node reaches the same thing
+    path = url.split("://", 1)[-1]
+    if path in _shared_checked or not os.path.isdir(path):
+        return
+    blind = nodes_not_seeing(path)
+    if blind:
+        from prism4m.errors import UserError
+
+        raise UserError(f"{what} {path} is a local directory that Ray node(s) {', '.join(blind)} do not share: "
+                        "their workers would write to (or read from) their own disks. On a multi-node cluster "
+                        "use a shared filesystem mounted at the same path on every node, or an object store "
+                        "(s3://…, gs://…)")
+    _shared_checked.add(path)

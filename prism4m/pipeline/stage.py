@@ -54,9 +54,10 @@ def run_stage_units(store: DatasetStore, summary: StageSummary, units: Sequence[
                     ray_address: str | None, workers: int | None, max_retries: int, show_progress: bool,
                     keys_of: Callable[[Any], list[str]] | None = None, **resources) -> RunReport:
     """Run ``units`` of one actor group; ``writes(unit)`` names the folders a unit commits."""
-    from prism4m.pipeline.ray_env import ensure_ray
+    from prism4m.pipeline.ray_env import ensure_ray, require_shared
 
     summary.ray_start_s += ensure_ray(ray_address)
+    require_shared(store.url)  # on a multi-node cluster every worker must see this root
 
     def on_failure(unit: Any, reason: str, message: str) -> None:
         for folder in writes(unit):
