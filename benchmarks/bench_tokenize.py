@@ -55,14 +55,15 @@ def make_tokenizer(out_dir: str) -> str:
     return out_dir
 
 
-def bare_loop(root: str, tok_dir: str, out_dir: Path) -> dict:
-    """The tokenize work with no Ray, no ledger, no atomic commit: read, crop, batch, encode, write."""
+def bare_loop(root: str, tok_dir: str, out_dir: Path, load=None) -> dict:
+    """The tokenize work with no Ray, no ledger, no atomic commit: read, crop, batch, encode, write.
+    ``load(tok_dir)`` gives the tokenizer (default: a prism4m tokenizer directory)."""
     from prism4m.contract.store import DatasetStore, build_tar
     from prism4m.modality.samples import iter_shard_inputs
     from prism4m.pipeline.tokenize import CropBatchEncoder, token_member
     from prism4m.tokenizers.registry import load_tokenizer
 
-    tok = load_tokenizer(tok_dir)
+    tok = (load or load_tokenizer)(tok_dir)
     store = DatasetStore(root)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
