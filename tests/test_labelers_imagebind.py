@@ -249,6 +249,12 @@ def test_provenance_records_random_weights_format_and_hash(lab, ib_file):
     assert {m.eps for m in lab.visual.modules() if isinstance(m, torch.nn.LayerNorm)} == {EPS}
 
 
+def test_a_corrupt_weights_file_is_one_user_error_naming_it(tmp_path):
+    (tmp_path / "imagebind_huge.pth").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(UserError, match=r"imagebind_huge\.pth: not a readable weights file"):
+        ImagebindLabeler({"checkpoint": str(tmp_path / "imagebind_huge.pth")}).ensure_setup()
+
+
 @pytest.mark.parametrize("checkpoint", [None, "/nonexistent/imagebind_huge.pth"])
 def test_missing_weights_names_the_config_key(checkpoint):
     with pytest.raises(MissingWeightsError, match=r"labelers\.imagebind\.checkpoint"):

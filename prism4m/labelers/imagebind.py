@@ -145,6 +145,16 @@ def load_vision_state(weights: Path) -> dict | None:
     """The ImageBind vision tensors of ``weights``, or None when the file is not in ImageBind's
     layout (then it is read as an open_clip checkpoint). Only vision tensors are materialised:
     safetensors are opened lazily and .pth files memory-mapped."""
+    try:
+        return _load_vision_state(weights)
+    except (OSError, UserError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt/pickled-code files: the user's to fix
+        raise UserError(f"{weights}: not a readable weights file ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+
+
+def _load_vision_state(weights: Path) -> dict | None:
     prefixes = (PRE, TRUNK, HEAD)
     if weights.suffix == ".safetensors":
         from safetensors import safe_open
