@@ -294,11 +294,19 @@ def run_units(
         def fill() -> None:
             # Round robin, one slot per actor per pass: 2 units on 2 actors run in parallel
             # (filling actor 0's whole queue first left actor 1 idle).
+            # A unit queued behind a busy actor waits for it while another actor idles or is still
+            # starting: the first actor ready took both shards of a 2-shard ingest and ran them one
+            # after the other. So each pass serves the least loaded actors first, and a busy actor
+            # takes another unit only while more are pending than the actors still starting can
+            # take, one each.
+            starting = sum(1 for a in range(n_actors) if actors[a] is not None and not is_ready[a])
             placed = True
             while pending and placed:
                 placed = False
-                for a in range(n_actors):
+                for a in sorted(range(n_actors), key=lambda i: load[i]):
                     if not pending or not is_ready[a] or load[a] >= inflight_per_worker:
+                        continue
+                    if load[a] > 0 and len(pending) <= starting:
                         continue
                     item = take(a)
                     if item is None:

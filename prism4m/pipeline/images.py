@@ -117,8 +117,11 @@ def _normalize(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int
         orientation = 1
     try:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
-        if fmt == "JPEG" and orientation == 1:
-            # Decode at a reduced DCT scale when the target is ≥2x smaller: much faster.
+        if fmt in ("JPEG", "MPO"):
+            # Decode at a reduced DCT scale (1/2, 1/4, 1/8) when the target is ≥2x smaller: the
+            # decoder then does most of the downscaling, and the resize below starts from an image
+            # still at least as large as the target. The short side is the same before and after
+            # EXIF orientation, so rotated photos (most phone JPEGs, often MPO) get it too.
             scale = short_side / min(w, h)
             if scale <= 0.5:
                 img.draft("RGB", (int(w * scale) + 1, int(h * scale) + 1))
