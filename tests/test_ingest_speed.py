@@ -116,3 +116,23 @@ def test_dct_downscaling_for_every_orientation(orientation, monkeypatch):
     assert (img.original_width, img.original_height) == ((300, 400) if orientation in (6, 8) else (400, 300))
     assert min(img.width, img.height) == 64
     assert (img.width > img.height) == (orientation == 1)
+
+
+def test_resize_filter_is_a_setting_and_bicubic_keeps_earlier_roots_current(tmp_path, ray_session):
+    from prism4m.errors import UserError
+
+    src = _corpus(tmp_path / "src", n=3)
+    rgb, producers = {}, {}
+    for flt in ("bicubic", "hamming"):
+        root = str(tmp_path / flt)
+        assert ingest(str(src), root, short_side=32, show_progress=False, resize_filter=flt).ok
+        store = DatasetStore(root)
+        rgb[flt] = [m.data for m in store.read_shard("rgb", 0)]
+        producers[flt] = store.ledger("rgb")[0]["producer"]["config"]
+    assert "resize_filter" not in producers["bicubic"]  # the producer roots made before the setting had
+    assert producers["hamming"]["resize_filter"] == "hamming"
+    assert len(rgb["bicubic"]) == len(rgb["hamming"]) == 3 and rgb["bicubic"] != rgb["hamming"]
+    with pytest.raises(UserError, match="resize_filter"):  # a root keeps its filter
+        ingest(str(src), str(tmp_path / "bicubic"), show_progress=False, resize_filter="hamming")
+    again = ingest(str(src), str(tmp_path / "hamming"), show_progress=False)  # remembered: nothing to redo
+    assert again.ok and again.skipped_shards == 1 and not again.planned.get("rgb")

@@ -81,18 +81,25 @@ def _pillow_pixel_limit(max_pixels: int):
         Image.MAX_IMAGE_PIXELS = before
 
 
+# Pillow's antialiased resize filters offered for the short-side resize (ingest's resize_filter).
+RESIZE_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+                  "hamming": Image.Resampling.HAMMING}
+
+
 def normalize_image(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int,
-                    max_pixels: int, name: str = "", subsampling: str | None = None) -> NormalizedImage:
+                    max_pixels: int, name: str = "", subsampling: str | None = None,
+                    resize_filter: str = "bicubic") -> NormalizedImage:
     if not data:
         raise BadImage("empty", f"{name}: file is empty (0 bytes)")
     with _pillow_pixel_limit(max_pixels):
         return _normalize(data, short_side=short_side, jpeg_quality=jpeg_quality, min_side=min_side,
                           max_pixels=max_pixels, name=name,
-                          subsampling=subsampling or ("4:4:4" if jpeg_quality >= 90 else "4:2:0"))
+                          subsampling=subsampling or ("4:4:4" if jpeg_quality >= 90 else "4:2:0"),
+                          resample=RESIZE_FILTERS[resize_filter])
 
 
 def _normalize(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int, max_pixels: int,
-               name: str, subsampling: str) -> NormalizedImage:
+               name: str, subsampling: str, resample: Image.Resampling) -> NormalizedImage:
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -144,7 +151,7 @@ def _normalize(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int
     s = short_side / min(rw, rh)
     new = (max(1, round(rw * s)), max(1, round(rh * s)))
     if new != (rw, rh):
-        rgb = rgb.resize(new, Image.BICUBIC, reducing_gap=3.0)
+        rgb = rgb.resize(new, resample, reducing_gap=3.0)
     buf = io.BytesIO()
     rgb.save(buf, format="JPEG", quality=jpeg_quality, subsampling=subsampling)
     return NormalizedImage(buf.getvalue(), new[0], new[1], ow, oh, mode, fmt, orientation)

@@ -200,7 +200,7 @@ class IngestWorker:
                 if hashlib.sha256(data).hexdigest() != it["sha256"]:
                     raise BadImage("undecodable", f"{it['source_id']}: content changed since the scan")
                 img = normalize_image(data, short_side=cfg.short_side, jpeg_quality=cfg.jpeg_quality,
-                                      subsampling=cfg.subsampling,
+                                      subsampling=cfg.subsampling, resize_filter=cfg.resize_filter,
                                       min_side=cfg.min_side, max_pixels=cfg.max_pixels, name=it["source_id"])
             except BadImage as exc:
                 errors.append({"key": it["key"], "source": it["source_id"], "reason": exc.reason,
