@@ -136,3 +136,19 @@ def test_resize_filter_is_a_setting_and_bicubic_keeps_earlier_roots_current(tmp_
         ingest(str(src), str(tmp_path / "bicubic"), show_progress=False, resize_filter="hamming")
     again = ingest(str(src), str(tmp_path / "hamming"), show_progress=False)  # remembered: nothing to redo
     assert again.ok and again.skipped_shards == 1 and not again.planned.get("rgb")
+
+
+def test_private_local_ray_starts_without_monitors(ray_session):
+    """No autoscaler monitor or log monitor on a private local node (each a Python process
+    importing Ray at every command's start); the dashboard's API server stays (Ray Train uses it)."""
+    import ray
+    from ray._private import ray_constants
+
+    node = ray._private.worker._global_node
+    if node is None or not node.head:
+        pytest.skip("the session joined a Ray it did not start")
+    started = set(node.all_processes)
+    assert ray_constants.PROCESS_TYPE_MONITOR not in started
+    assert ray_constants.PROCESS_TYPE_LOG_MONITOR not in started
+    assert {ray_constants.PROCESS_TYPE_GCS_SERVER, ray_constants.PROCESS_TYPE_RAYLET,
+            ray_constants.PROCESS_TYPE_DASHBOARD} <= started

@@ -84,26 +84,24 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> float
 
 @contextmanager
 def _lean_local_node():
-    """A private local Ray without the head's helper processes that nothing here uses.
+    """A private local Ray without two head processes that nothing here uses.
 
-    ``ray.init`` starts, besides the GCS and the raylet, an autoscaler monitor (a fixed local
-    node has nothing to scale), a log monitor (we pass ``log_to_driver=False``: it has no one to
-    forward to) and the dashboard's API server (even with ``include_dashboard=False``; it serves
-    job submission and the state API, neither used by a private instance). Each is a Python
-    process importing Ray: on a 2-core box they took ~2.5 s of the ~6 s a one-shard command
-    spent starting and stopping Ray (measured whole-process, `ingest` start-up). Ray offers no
-    ``ray.init`` argument for them, so its node parameters are adjusted for this one call; if
-    Ray's internals moved, the call runs as before. ``PRISM4M_RAY_FULL_HEAD=1`` keeps them.
+    ``ray.init`` starts, besides the GCS, the raylet and the dashboard's API server, an
+    autoscaler monitor (a fixed local node has nothing to scale) and a log monitor (we pass
+    ``log_to_driver=False``: it has no one to forward to). Each is a Python process importing
+    Ray: on a 2-core box they took ~1.8 s of the ~5.7 s a start, two actors and a stop took
+    (whole process, paired runs). Ray offers no ``ray.init`` argument for them, so its node
+    parameters are adjusted for this one call; if Ray's internals moved, the call runs as
+    before. The API server stays: Ray Train (``train_with_ray`` in the same process) waited
+    ~10 s more without it. ``PRISM4M_RAY_FULL_HEAD=1`` keeps both.
     """
     if os.environ.get("PRISM4M_RAY_FULL_HEAD") == "1":
         yield
         return
     try:
-        import ray._private.node as ray_node
         import ray._private.parameter as ray_parameter
 
         params_init = ray_parameter.RayParams.__init__
-        start_api_server = ray_node.Node.start_api_server
     except (ImportError, AttributeError):
         yield
         return
@@ -114,12 +112,10 @@ def _lean_local_node():
         self.include_log_monitor = False
 
     ray_parameter.RayParams.__init__ = lean_params
-    ray_node.Node.start_api_server = lambda self, **kwargs: None
     try:
         yield
     finally:
         ray_parameter.RayParams.__init__ = params_init
-        ray_node.Node.start_api_server = start_api_server
 
 
 def _first_line(exc: BaseException) -> str:
