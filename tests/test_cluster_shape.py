@@ -44,7 +44,10 @@ DRIVER = textwrap.dedent('''
         s = ingest(corpus, root, ray_address=cluster.address, shard_size=1, short_side=64, n_crops=2,
                    show_progress=False)
         out["ingest_ok"] = s.ok
-        out["ingest_nodes"] = sorted({names.get(r["node_id"], "?") for rep in s.reports for r in rep.results})
+        # units that ran on Ray carry their node (a small local corpus is scanned on the driver's
+        # threads instead: those results have none); the ingest units must use both nodes
+        out["ingest_nodes"] = sorted({names.get(r["node_id"], "?") for rep in s.reports for r in rep.results
+                                      if "node_id" in r})
         ledger = os.path.join(root, "_ledger", "fault_injector")
         n_shards = len(os.listdir(os.path.join(root, "_ledger", "rgb")))
         removal = {}
