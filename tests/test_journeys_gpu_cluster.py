@@ -150,6 +150,13 @@ DRIVER = textwrap.dedent('''
         timed("unshared", lambda: label(root, ["canny_edge"], ray_address=cluster.address, show_progress=False))
         out["probes_left"] = [n for n in os.listdir(root) if n.startswith(".prism4m-shared-probe")]
         out["canny_committed"] = os.path.exists(os.path.join(root, "canny_edge"))
+        # the same for an ingest source the workers read: the root is shared, the corpus is not
+        ray_env._path_visible = lambda p, blind=blind, src=corpus: (
+            not (ray.get_runtime_context().get_node_id() == blind and p.startswith(src)) and os.path.exists(p))
+        ray_env._shared_checked.clear()
+        timed("unshared_source", lambda: ingest(corpus, root + "-more", ray_address=cluster.address, shard_size=2,
+                                                short_side=64, n_crops=1, show_progress=False))
+        out["source_probes_left"] = [n for n in os.listdir(corpus) if n.startswith(".prism4m-shared-probe")]
     finally:
         print("RESULT " + json.dumps(out), flush=True)
         ray.shutdown()
@@ -205,12 +212,15 @@ def test_gpu_fraction_actors_fit_the_gpus_and_unplaceable_ones_fail_fast(photo_c
     assert h["s"] < 15, h
 
     # Every node shared the root: checked once, allowed. A node that does not: refused, named.
-    assert res["shared_checked"] == [root], res["shared_checked"]
+    assert res["shared_checked"] == sorted([str(photo_corpus), root]), res["shared_checked"]  # source and root
     u = res["unshared"]
     assert u.get("error") == "UserError", u
     assert root in u["message"] and "127.0.0.1" in u["message"] and "do not share" in u["message"], u["message"]
     assert "s3://" in u["message"] and u["s"] < 30, u
     assert res["probes_left"] == [] and not res["canny_committed"]
+    u = res["unshared_source"]
+    assert u.get("error") == "UserError" and f"source {photo_corpus}" in u["message"], u
+    assert res["source_probes_left"] == []
 
 
 # --------------------------------------------------------------------------- external head + CLI

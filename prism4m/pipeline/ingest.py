@@ -371,7 +371,8 @@ def ingest(source: str, root: str, config: IngestConfig | dict | None = None, *,
     source = absolute_url(source)
     cfg = resolve_settings(store, {**(config or {}), **overrides}, force=force)
     summary = IngestSummary()
-    on_ray = dict(ray_address=ray_address, workers=workers, max_retries=max_retries, show_progress=show_progress)
+    on_ray = dict(ray_address=ray_address, workers=workers, max_retries=max_retries, show_progress=show_progress,
+                  shared=[(source, "source")])  # workers read the source too
 
     listing, skipped = list_source(source, source_options)
     summary.files_listed = listing.num_rows + len(skipped)

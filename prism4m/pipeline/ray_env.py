@@ -312,8 +312,11 @@ def nodes_not_seeing(directory: str, timeout_s: float = SHARED_CHECK_TIMEOUT_S) 
     if len(nodes) <= 1:
         return []
     probe = os.path.join(directory, f".prism4m-shared-probe-{uuid.uuid4().hex[:12]}")
-    with open(probe, "w") as f:
-        f.write("written by the prism4m driver to see which Ray nodes share this directory\n")
+    try:
+        with open(probe, "w") as f:
+            f.write("written by the prism4m driver to see which Ray nodes share this directory\n")
+    except OSError:  # a read-only source, say: no probe, no verdict (the workers' reads will tell)
+        return []
     try:
         check = ray.remote(num_cpus=0, max_retries=0)(_path_visible)
         refs = {check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
@@ -337,6 +340,8 @@ def require_shared(url: str, what: str = "root") -> None:
     if "://" in url and not url.startswith(("file://", "local://")):
         return  # an object store or remote filesystem: every node reaches the same thing
     path = url.split("://", 1)[-1]
+    if os.path.isfile(path):  # a source that is one tar or Parquet file: its directory
+        path = os.path.dirname(path) or "."
     if path in _shared_checked or not os.path.isdir(path):
         return
     blind = nodes_not_seeing(path)

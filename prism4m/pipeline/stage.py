@@ -52,12 +52,15 @@ class StageSummary:
 def run_stage_units(store: DatasetStore, summary: StageSummary, units: Sequence[Any], worker_cls: type,
                     worker_args: tuple, *, desc: str, writes: Callable[[Any], Iterable[str]],
                     ray_address: str | None, workers: int | None, max_retries: int, show_progress: bool,
-                    keys_of: Callable[[Any], list[str]] | None = None, **resources) -> RunReport:
-    """Run ``units`` of one actor group; ``writes(unit)`` names the folders a unit commits."""
+                    keys_of: Callable[[Any], list[str]] | None = None,
+                    shared: Iterable[tuple[str, str]] = (), **resources) -> RunReport:
+    """Run ``units`` of one actor group; ``writes(unit)`` names the folders a unit commits;
+    ``shared``: other (url, what) the workers read, which every node must see too."""
     from prism4m.pipeline.ray_env import ensure_ray, require_shared
 
     summary.ray_start_s += ensure_ray(ray_address)
-    require_shared(store.url)  # on a multi-node cluster every worker must see this root
+    for url, what in ((store.url, "root"), *shared):  # on a multi-node cluster every worker must see them
+        require_shared(url, what)
 
     def on_failure(unit: Any, reason: str, message: str) -> None:
         for folder in writes(unit):
