@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from prism4m.contract.members import decode_npy
+from prism4m.labelers import weights
 
 WATERMARK_INPUT = 256
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,9 +45,8 @@ class ScoreWeightsError(ValueError):
     """The weights file is not the predictor it was given as (the message names file and keys)."""
 
 
-def read_state_dict(path: str | Path) -> dict:
-    import torch
-
+def predictor_state_dict(path: str | Path) -> dict:
+    """A predictor's state dict from a file, or a directory holding one weights file."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".pt", ".pth", ".bin"))
@@ -56,17 +56,11 @@ def read_state_dict(path: str | Path) -> dict:
         path = files[0]
     if not path.exists():
         raise ScoreWeightsError(f"{path}: no such weights file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:  # LAION's inference.py keeps the state dict under `weights`
+        state = weights.read_state_dict(path, nested=("weights",))
     except Exception as exc:  # noqa: BLE001 - a pickle with code in it, or not a torch file at all
-        raise ScoreWeightsError(f"{path}: not a tensors-only torch state dict ({type(exc).__name__}: "
+        raise ScoreWeightsError(f"{path}: not a tensors-only state dict ({type(exc).__name__}: "
                                 f"{str(exc)[:160]})") from None
-    if isinstance(state, dict) and isinstance(state.get("weights"), dict):
-        state = state["weights"]  # LAION's inference.py layout
     if not isinstance(state, dict):
         raise ScoreWeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
     return state
@@ -85,7 +79,7 @@ class AestheticHead:
     def __init__(self, path: str | Path):
         import torch
 
-        state = read_state_dict(path)
+        state = predictor_state_dict(path)
         if set(state) == {"weight", "bias"}:  # the single linear head
             self.net = torch.nn.Linear(state["weight"].shape[1], 1)
             self._forward = self.net
@@ -142,7 +136,7 @@ class WatermarkDetector:
         model.classifier = torch.nn.Sequential(
             torch.nn.Linear(1536, 625), torch.nn.ReLU(), torch.nn.Dropout(0.3),
             torch.nn.Linear(625, 256), torch.nn.ReLU(), torch.nn.Linear(256, 2))
-        _load_strict(model, read_state_dict(path), path)
+        _load_strict(model, predictor_state_dict(path), path)
         self.model = model.eval().to(device)
         self.device = device
         self.preprocess = T.Compose([T.Resize((WATERMARK_INPUT, WATERMARK_INPUT)), T.ToTensor(),

@@ -66,7 +66,7 @@ from pydantic import Field
 
 from prism4m.labelers.base import LabelInput, Labeler, LabelerConfig, MissingWeightsError, Resources
 from prism4m.contract.members import encode_json, encode_png
-from prism4m.labelers.weights import DeepLabelerConfig, ResolvedCheckpoint, resolve_checkpoint
+from prism4m.labelers.weights import DeepLabelerConfig, ResolvedCheckpoint, read_state_dict, resolve_checkpoint
 
 LIBRARIES = ("segment-anything", "torch")
 RELEASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -141,15 +141,8 @@ def _build_tiny_sam():
 
 
 def load_state_dict(path: Path) -> dict:
-    """A SAM state dict from .pth/.pt (torch.load, weights_only) or .safetensors."""
-    import torch
-
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    return sd.get("model", sd) if isinstance(sd, dict) else sd  # training checkpoints nest it
+    """A SAM state dict from .pth/.pt or .safetensors (training checkpoints nest it under `model`)."""
+    return read_state_dict(path, nested=("model",))
 
 
 def infer_model_type(state_dict: dict) -> str:

@@ -89,6 +89,23 @@ def weights_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_state_dict(path: Path, nested: tuple[str, ...] = ()) -> dict:
+    """The tensors of a ``.safetensors`` file, or of a ``.pth``/``.pt`` read with
+    ``torch.load(weights_only=True)`` (tensors only, no code runs); a training checkpoint that
+    keeps them under one of the ``nested`` keys is unwrapped."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import torch
+
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    for key in nested:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            return state[key]
+    return state
+
+
 def save_random_weights_marker(directory: str | os.PathLike, note: str = "") -> None:
     """Mark a saved model directory as random weights (tests, smoke runs)."""
     d = Path(directory)
