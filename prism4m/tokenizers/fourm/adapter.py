@@ -108,15 +108,22 @@ class OfficialRequest:
         return official_card(official, self.label_folder, input_size)
 
 
+def _split_prefix(given: str) -> tuple[str, str]:
+    """``NAME[:OPTION]=LOCATION`` → (``NAME[:OPTION]``, LOCATION); ("", given) without such a
+    prefix (an ``=`` inside a path or URL is not one)."""
+    name, sep, rest = given.partition("=")
+    return (name, rest) if sep and rest and "/" not in name and "://" not in name else ("", given)
+
+
 def parse_request(given: str) -> OfficialRequest | None:
     """``given`` as an official tokenizer request, or None when it names none (a prism4m
     tokenizer directory, say). A hub id counts only when no such local path exists."""
     given = str(given)
-    name, sep, rest = given.partition("=")
+    name, rest = _split_prefix(given)
     family = label_folder = None
     resample = "pil_default"
     location = given
-    if sep and rest and "/" not in name and "://" not in name:
+    if name:
         base, _, option = name.partition(":")
         known = base in FAMILIES or family_by_domain(base) is not None or base in FAMILIES["edge"].label_folders
         if known:
@@ -143,12 +150,11 @@ def with_location(given: str, rewrite) -> str:
     paths absolute this way), keeping a ``NAME[:OPTION]=`` prefix. The hub id of a published
     tokenizer (``EPFL-VILAB/4M_tokenizers_…``) stays one unless the rewritten path exists."""
     given = str(given)
-    name, sep, rest = given.partition("=")
-    prefix, location = (name + sep, rest) if sep and rest and "/" not in name and "://" not in name else ("", given)
+    name, location = _split_prefix(given)
     local = rewrite(location)
     if looks_like_hub_id(location) and family_from_name(location) is not None and not os.path.exists(local):
         return given
-    return prefix + local
+    return (f"{name}=" if name else "") + local
 
 
 def spec_name(family: Family, label_folder: str | None = None) -> str:
