@@ -337,7 +337,9 @@ def nodes_not_seeing(directory: str, timeout_s: float = SHARED_CHECK_TIMEOUT_S) 
 def require_shared(url: str, what: str = "root") -> None:
     """Refuse a local ``url`` that some node of a multi-node cluster does not share: its workers
     would write their shards to their own disks (lost to the driver) or read nothing."""
-    if "://" in url and not url.startswith(("file://", "local://")):
+    from fsspec.utils import get_protocol
+
+    if get_protocol(url) not in ("file", "local"):
         return  # an object store or remote filesystem: every node reaches the same thing
     path = url.split("://", 1)[-1]
     if os.path.isfile(path):  # a source that is one tar or Parquet file: its directory
