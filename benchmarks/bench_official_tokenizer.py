@@ -123,10 +123,9 @@ def stage_efficiency(wd: Path, model) -> dict:
     from safetensors.torch import save_file
 
     from bench_foundation import generate_jpegs
-    from bench_tokenize import bare_loop
+    from bench_tokenize import stage_and_bare_runs
     from prism4m.pipeline.ingest import ingest
     from prism4m.pipeline.ray_env import ensure_ray, set_loopback_env
-    from prism4m.pipeline.tokenize import tokenize
     from prism4m.tokenizers.fourm.adapter import parse_request
 
     tok_dir = wd / "4M_tokenizers_rgb_16k_224-448"  # as downloaded from the hub
@@ -140,14 +139,7 @@ def stage_efficiency(wd: Path, model) -> dict:
     root = str(wd / "root")
     ingest(str(wd / "images"), root, shard_size=STAGE_IMAGES // 2, short_side=256, n_crops=STAGE_CROPS,
            show_progress=False)
-    bare, stage = [], []
-    for rep in range(2):
-        bare.append(bare_loop(root, str(tok_dir), wd / f"bare{rep}", load=lambda d: parse_request(d).load()))
-        t0 = time.perf_counter()
-        summary = tokenize(root, [str(tok_dir)], workers=1, num_cpus=1, force=True, show_progress=False)
-        if not summary.ok:
-            raise RuntimeError(f"tokenize failed: {summary.failures}")
-        stage.append({"samples": summary.samples, "wall_s": time.perf_counter() - t0})
+    bare, stage = stage_and_bare_runs(root, str(tok_dir), wd, load=lambda d: parse_request(d).load())
     b = min(bare, key=lambda r: r["wall_s"])
     s = min(stage, key=lambda r: r["wall_s"])
     return {"official_tokenize_efficiency": round((s["samples"] / s["wall_s"]) / (b["samples"] / b["wall_s"]), 3),

@@ -84,13 +84,29 @@ def bare_loop(root: str, tok_dir: str, out_dir: Path, load=None) -> dict:
     return {"samples": n, "wall_s": wall, "encode_s": encode_s}
 
 
+def stage_and_bare_runs(root: str, tok_dir: str, wd: Path, load=None, reps: int = 2) -> tuple[list, list]:
+    """``reps`` alternating runs of the bare loop and of the tokenize stage (one 1-CPU worker,
+    ``force``), each {samples, wall_s}: the two sides of a tokenize efficiency figure."""
+    from prism4m.pipeline.tokenize import tokenize
+
+    bare_runs, stage_runs = [], []
+    for rep in range(reps):
+        bare_runs.append(bare_loop(root, tok_dir, wd / f"bare{rep}", load=load))
+        t0 = time.perf_counter()
+        summary = tokenize(root, [tok_dir], workers=1, num_cpus=1, force=True, show_progress=False)
+        wall = time.perf_counter() - t0
+        if not summary.ok:
+            raise RuntimeError(f"tokenize failed: {summary.failures}")
+        stage_runs.append({"samples": summary.samples, "wall_s": wall})
+    return bare_runs, stage_runs
+
+
 def run(workdir: str) -> dict:
     import torch
 
     from prism4m.pipeline.ingest import ingest
     from prism4m.pipeline.ray_env import ensure_ray, set_loopback_env
     from prism4m.contract.store import DatasetStore
-    from prism4m.pipeline.tokenize import tokenize
 
     set_loopback_env()
     torch.set_num_threads(1)  # the worker gets 1 CPU, hence 1 torch thread: same work, same threads
@@ -106,15 +122,7 @@ def run(workdir: str) -> dict:
     ingest(str(wd / "images"), root, shard_size=SHARD_SIZE, short_side=256, n_crops=N_CROPS, show_progress=False)
     tok_dir = make_tokenizer(str(wd / "tok_rgb"))
 
-    bare_runs, prism_runs = [], []
-    for rep in range(2):
-        bare_runs.append(bare_loop(root, tok_dir, wd / f"bare{rep}"))
-        t0 = time.perf_counter()
-        summary = tokenize(root, [tok_dir], workers=1, num_cpus=1, force=True, show_progress=False)
-        wall = time.perf_counter() - t0
-        if not summary.ok:
-            raise RuntimeError(f"tokenize failed: {summary.failures}")
-        prism_runs.append({"samples": summary.samples, "wall_s": wall})
+    bare_runs, prism_runs = stage_and_bare_runs(root, tok_dir, wd)
     bare = min(bare_runs, key=lambda r: r["wall_s"])
     prism = min(prism_runs, key=lambda r: r["wall_s"])
     bare_sps = bare["samples"] / bare["wall_s"]
