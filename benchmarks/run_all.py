@@ -32,9 +32,12 @@ def run_module(name: str, workdir: Path, timeout: int) -> dict:
     raise RuntimeError(f"{name} exited {proc.returncode}: {proc.stderr[-1500:]}")
 
 
+DEFAULT_OUT = HERE / "results" / "latest.json"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(HERE / "results" / "latest.json"))
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--only", nargs="*", help="module names (e.g. bench_foundation)")
     ap.add_argument("--timeout", type=int, default=3600)
     ap.add_argument("--quick", action="store_true", help="every bench at a tenth of its size (PRISM4M_BENCH_SCALE)")
@@ -60,7 +63,9 @@ def main() -> int:
         print(json.dumps(figures, indent=1), flush=True)
         merged.update(figures)
         (HERE / "results").mkdir(exist_ok=True)
-        (HERE / "results" / f"{name}.json").write_text(json.dumps(figures, indent=2, sort_keys=True))
+        if out_path.resolve() == DEFAULT_OUT.resolve():  # the committed per-bench files belong to the full
+            # figures; a quick or side run (--out elsewhere) must not overwrite them
+            (HERE / "results" / f"{name}.json").write_text(json.dumps(figures, indent=2, sort_keys=True))
         merged["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         out_path.write_text(json.dumps(merged, indent=2, sort_keys=True))
     return 0
