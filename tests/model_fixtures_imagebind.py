@@ -18,7 +18,6 @@ projection (ImageBind-H: 224 px, 16×16, 1280, 32 blocks, 16 heads, 1024).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -86,14 +85,7 @@ TINY_OPEN_CLIP_CONFIG = {
 
 
 def build_imagebind_open_clip_tiny(directory) -> str:
-    import open_clip
-    from safetensors.torch import save_file
+    from model_fixtures_sam_clip import build_open_clip_tiny
 
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "open_clip_config.json").write_text(json.dumps(TINY_OPEN_CLIP_CONFIG))
-    torch.manual_seed(0)
-    model = open_clip.create_model(f"local-dir:{d}", pretrained=None, load_weights=False)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "open_clip_model.safetensors"))
-    save_random_weights_marker(d, note="tiny open_clip ViT (56 px, patch 14, LayerNorm eps 1e-6)")
-    return str(d)
+    return build_open_clip_tiny(directory, TINY_OPEN_CLIP_CONFIG,
+                                "tiny open_clip ViT (56 px, patch 14, LayerNorm eps 1e-6)")

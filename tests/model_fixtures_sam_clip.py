@@ -41,15 +41,21 @@ def build_sam_tiny(directory) -> str:
     return str(d)
 
 
-def build_clip_tiny(directory) -> str:
+def build_open_clip_tiny(directory, config: dict, note: str) -> str:
+    """A random-weight open_clip model of ``config`` in open_clip's local-dir layout (config +
+    safetensors), marked as random weights."""
     import open_clip
     from safetensors.torch import save_file
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "open_clip_config.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    (d / "open_clip_config.json").write_text(json.dumps(config))
     torch.manual_seed(0)
     model = open_clip.create_model(f"local-dir:{d}", pretrained=None, load_weights=False)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "open_clip_model.safetensors"))
-    save_random_weights_marker(d, note="tiny open_clip ViT (64 px, patch 16)")
+    save_random_weights_marker(d, note=note)
     return str(d)
+
+
+def build_clip_tiny(directory) -> str:
+    return build_open_clip_tiny(directory, TINY_CLIP_CONFIG, "tiny open_clip ViT (64 px, patch 16)")

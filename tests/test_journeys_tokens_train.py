@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
 
 import model_fixtures_hf as fx
-from prism4m.cli import app
+from cli_run import cli, ok
 from prism4m.errors import UserError
 from prism4m.contract.store import DatasetStore
 from prism4m.pipeline.tokenize import make_jobs
@@ -28,24 +27,10 @@ from prism4m.pipeline.tokenizer_training import train_tokenizer
 from test_tokenize_sam_instance import label_record
 from tokenize_fixtures import commit_labels, rgb_sizes
 
-runner = CliRunner()
 # tiny tokenizers: the journey is under test, not their quality
 TINY = ["steps=2", "batch_size=4", "codebook_size=64", "max_train_crops=64", "max_eval_crops=16"]
 EDGE = "tok_canny_edge@32"
 STEP_LINE = re.compile(r"^step (\d+)/(\d+)  loss \d+\.\d{3}  \d+\.\d steps/s  eta \S+$", re.M)
-
-
-def cli(*args) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception  # a bug, not an exit: show its traceback
-    return result.exit_code, result.output
-
-
-def ok(*args) -> str:
-    code, out = cli(*args)
-    assert code == 0, out
-    return out
 
 
 def sets(items: list[str]) -> list[str]:

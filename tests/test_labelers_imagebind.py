@@ -302,17 +302,9 @@ def test_label_train_and_tokenize_imagebind_through_the_cli(photo_root, ib_file,
     """`prism4m label -m imagebind` on the photo root, feature and global tokenizers trained on
     those labels, `prism4m tokenize` writes tok_imagebind@56 (4×4 ids) and tok_imagebind_global."""
     import yaml
-    from typer.testing import CliRunner
 
-    from prism4m.cli import app
+    from cli_run import ok
     from prism4m.contract.store import DatasetStore
-
-    def ok(*args) -> str:
-        result = CliRunner().invoke(app, [str(a) for a in args])
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        assert result.exit_code == 0, result.output
-        return result.output
 
     root = str(tmp_path / "ds")
     shutil.copytree(photo_root, root)

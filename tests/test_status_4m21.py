@@ -10,13 +10,12 @@ import shutil
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 import model_fixtures_hf as hf
 import model_fixtures_imagebind as ib
 import model_fixtures_pose_caption as pc
 import model_fixtures_sam_clip as sc
-from prism4m.cli import app
+from cli_run import ok
 from prism4m.contract.modalities import FOURM21_IN_DOMAIN, MODALITIES, modality
 from prism4m.labelers.registry import BUILTIN_LABELERS
 from test_labelers_t5_caption import build_tiny_t5
@@ -26,14 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 COUNT = re.compile(r"^4M-21 in-domain modalities: (\d+)/19 labelled(?: \((\d+) from RANDOM WEIGHTS\))?(.*)$", re.M)
 # labelled without a model and from no model's output: real labels even on a smoke root
 REAL = {"rgb@224", "tok_rgb@224", "tok_canny_edge@224", "color_palette"}
-
-
-def ok(*args) -> str:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def test_the_19_keys_map_to_their_modality_s_folder():
