@@ -31,7 +31,6 @@ sequence) and a ``[4, 4]`` grid per instance.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -49,8 +48,9 @@ from prism4m.tokenizers.fourm.load import (
     OfficialTokenizer,
     is_official_dir,
     load_official,
+    locate_official_files,
     looks_like_hub_id,
-    read_official_files,
+    weights_sha256,
 )
 
 TYPE = "ml4m"
@@ -99,10 +99,10 @@ class OfficialRequest:
 
     def card(self, input_size: int = INPUT_SIZE) -> TokenizerCard:
         """The card, from config.json and the weights' hash alone (no model is built)."""
-        cfg, blob, src = read_official_files(self.location)
+        cfg, weights_url, src = locate_official_files(self.location)
         config = parse_config(cfg, source=src, hint=self.family)
         official = OfficialTokenizer(config=config, model=None, source=src,  # type: ignore[arg-type]
-                                     weights_sha256=hashlib.sha256(blob).hexdigest(),
+                                     weights_sha256=weights_sha256(weights_url),
                                      depth_resample=self.depth_resample)  # type: ignore[arg-type]
         official.check_supported()
         return official_card(official, self.label_folder, input_size)

@@ -211,8 +211,9 @@ class OfficialTokenizer:
                 "config": self.config.describe(), "decoder_keys_skipped": len(self.decoder_keys_skipped)}
 
 
-def read_official_files(source: str) -> tuple[dict, bytes, str]:
-    """(config dict, safetensors bytes, where they came from) for a directory or a hub id."""
+def locate_official_files(source: str) -> tuple[dict, str, str]:
+    """(config dict, URL of the safetensors file, where they came from) for a directory or a
+    hub id (downloaded into the HF cache)."""
     src = str(source)
     if not is_official_dir(src) and looks_like_hub_id(src):
         cfg_dir, weights_path = _hub_files(src)
@@ -229,9 +230,24 @@ def read_official_files(source: str) -> tuple[dict, bytes, str]:
             cfg = json.load(f)
         except json.JSONDecodeError as e:
             raise OfficialLoadError(f"{cfg_url}: not valid JSON ({e})") from None
+    return cfg, weights_url, src
+
+
+def read_official_files(source: str) -> tuple[dict, bytes, str]:
+    """(config dict, safetensors bytes, where they came from) for a directory or a hub id."""
+    cfg, weights_url, src = locate_official_files(source)
     with fsspec.open(weights_url, "rb") as f:
-        blob = f.read()
-    return cfg, blob, src
+        return cfg, f.read(), src
+
+
+def weights_sha256(weights_url: str) -> str:
+    """sha256 of a weights file, read in blocks: a published DiVAE file with its decoder is
+    hundreds of MB, and the card needs only its hash."""
+    h = hashlib.sha256()
+    with fsspec.open(weights_url, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_official(source: str, *, family: str | None = None, device: str = "cpu",
