@@ -19,7 +19,7 @@ from pydantic import Field
 from prism4m.contract.members import encode_json
 from prism4m.labelers.base import LabelInput, Labeler, LabelerConfig, MissingWeightsError, Resources
 from prism4m.labelers.metadata_fields import ALL_FIELDS, MetadataContext, MetadataField
-from prism4m.labelers.weights import RANDOM_WEIGHTS_MARKER, weights_digest
+from prism4m.labelers.weights import is_random_weights, weights_digest
 
 __all__ = ["MetadataConfig", "MetadataContext", "MetadataField", "MetadataLabeler", "metadata_inputs"]
 
@@ -81,12 +81,11 @@ class MetadataLabeler(Labeler):
         return out
 
     def model_provenance(self) -> dict:
-        paths = [self._weights(k) for k in LEARNED if getattr(self.config, k)]
-        random = any((p if p.is_dir() else p.parent).joinpath(RANDOM_WEIGHTS_MARKER).exists() for p in paths)
-        if not paths:
+        keys = [k for k in LEARNED if getattr(self.config, k)]
+        if not keys:
             return super().model_provenance()
-        return {"random_weights": random, "predictors": {LEARNED[k][0]: LEARNED[k][1] for k in LEARNED
-                                                         if getattr(self.config, k)}}
+        return {"random_weights": any(is_random_weights(self._weights(k)) for k in keys),
+                "predictors": {LEARNED[k][0]: LEARNED[k][1] for k in keys}}
 
     def setup(self) -> None:
         from prism4m.labelers.quality_scores import AestheticHead, WatermarkDetector

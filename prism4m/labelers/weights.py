@@ -61,8 +61,7 @@ def resolve_checkpoint(labeler: str, checkpoint: str | None, example: str) -> Re
         raise missing_weights(labeler, example, "checkpoint is not set")
     local = Path(os.path.expanduser(checkpoint))
     if local.exists():
-        return ResolvedCheckpoint(checkpoint, local, (local / RANDOM_WEIGHTS_MARKER).exists()
-                                  if local.is_dir() else (local.parent / RANDOM_WEIGHTS_MARKER).exists())
+        return ResolvedCheckpoint(checkpoint, local, is_random_weights(local))
     if checkpoint.startswith((".", "/", "~")) or os.sep in checkpoint.strip("/").split("/", 1)[-1]:
         raise missing_weights(labeler, example, f"path {checkpoint!r} does not exist")
     try:
@@ -73,7 +72,12 @@ def resolve_checkpoint(labeler: str, checkpoint: str | None, example: str) -> Re
     except Exception as exc:  # network down, not cached, no such repo: all mean "no weights"
         raise missing_weights(labeler, example, f"hub id {checkpoint!r} could not be loaded "
                               f"({type(exc).__name__}: {str(exc)[:200]})") from None
-    return ResolvedCheckpoint(checkpoint, path, (path / RANDOM_WEIGHTS_MARKER).exists())
+    return ResolvedCheckpoint(checkpoint, path, is_random_weights(path))
+
+
+def is_random_weights(path: Path) -> bool:
+    """A weights directory, or the directory of a weights file, carries the random-weights marker."""
+    return ((path if path.is_dir() else path.parent) / RANDOM_WEIGHTS_MARKER).exists()
 
 
 def weights_digest(path: Path) -> str:
