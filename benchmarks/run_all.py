@@ -61,6 +61,10 @@ def main() -> int:
                 figures = {f"{name}_error": str(exc)[-500:]}
         figures[f"{name}_wall_s"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(figures, indent=1), flush=True)
+        previous = HERE / "results" / f"{name}.json"
+        if previous.exists():  # a figure this bench no longer reports must not linger in latest.json
+            for key in set(json.loads(previous.read_text())) - set(figures):
+                merged.pop(key, None)
         merged.update(figures)
         (HERE / "results").mkdir(exist_ok=True)
         if out_path.resolve() == DEFAULT_OUT.resolve():  # the committed per-bench files belong to the full

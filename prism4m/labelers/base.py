@@ -76,6 +76,9 @@ class Labeler(ABC):
     Config: ClassVar[type[LabelerConfig]] = LabelerConfig
     #: bump when the output of the same config changes (part of the producer hash)
     version: ClassVar[str] = "1"
+    #: False for a labeler that never runs a torch model: its device is the CPU, and asking
+    #: torch (which importing costs about a second per actor) is skipped
+    uses_torch: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -116,6 +119,8 @@ class Labeler(ABC):
     def device(self) -> str:
         if self.config.device:
             return self.config.device
+        if not self.uses_torch:
+            return "cpu"
         try:
             import torch
 

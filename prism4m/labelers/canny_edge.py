@@ -41,6 +41,7 @@ class CannyEdgeLabeler(Labeler):
     name = "canny_edge"
     Config = CannyEdgeConfig
     default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=64)
+    uses_torch = False
 
     def label_batch(self, batch: list[LabelInput]) -> list[bytes]:
         return [encode_png(canny_edges(s.image, self.config)) for s in batch]

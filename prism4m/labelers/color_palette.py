@@ -63,6 +63,7 @@ class ColorPaletteLabeler(Labeler):
     name = "color_palette"
     Config = ColorPaletteConfig
     default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=64)
+    uses_torch = False
 
     def label_batch(self, batch: list[LabelInput]) -> list[bytes]:
         return [encode_json([color_palettes(s.image, self.config)]) for s in batch]

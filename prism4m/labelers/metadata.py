@@ -58,6 +58,7 @@ class MetadataLabeler(Labeler):
         self.optional_inputs = tuple(sorted(f for f in wanted if f not in self.requires))
         self._watermark = self._aesthetic = None
         self._digests: dict[str, str] = {}
+        self.uses_torch = bool(self.config.watermark_checkpoint)  # the only torch model here
 
     def _weights(self, key: str) -> Path:
         given = getattr(self.config, key)

@@ -68,6 +68,7 @@ class FaultInjectorLabeler(Labeler):
     extension = "json"
     Config = FaultInjectorConfig
     default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=64)
+    uses_torch = False
 
     def output_config(self) -> dict:
         # The fault settings describe the environment (a crash, a transient error), not the
@@ -105,6 +106,7 @@ class SimulatedAcceleratorLabeler(Labeler):
     extension = "json"
     Config = SimulatedAcceleratorConfig
     default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=16, pipeline_depth=3)
+    uses_torch = False  # a sleep: no model to place
 
     def label_batch(self, batch: list[LabelInput]) -> list[bytes]:
         time.sleep(self.config.seconds_per_image * len(batch))  # the device is busy, the CPU is free

@@ -88,6 +88,7 @@ def _instrumented(worker_cls: type) -> type:
 
     class Instrumented(worker_cls):  # type: ignore[misc, valid-type]
         _prism4m_ready = False
+        _prism4m_ready_error: BaseException | None = None
 
         def __init__(self, *args, **kwargs):
             import threading  # made in the actor: locks do not travel with the pickled class
@@ -95,20 +96,35 @@ def _instrumented(worker_cls: type) -> type:
             self._prism4m_ready_lock = threading.Lock()  # a threaded (streaming) actor runs calls at once
             self._prism4m_lock = threading.Lock()        # guards the in-flight count
             self._prism4m_device = threading.Lock()      # one compute at a time: the device's turn
+            # The CPU steps (prepare, finish) run at most as many at a time as the actor has CPUs:
+            # three units decoding at once on one CPU would delay the first compute, and each other.
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+            self._prism4m_cpu = threading.Semaphore(max(1, int(cpus)))
             self._prism4m_in_flight = self._prism4m_max_in_flight = 0
             super().__init__(*args, **kwargs)
 
         def ready(self):
-            out = super().ready()
-            self._prism4m_ready = True
-            return out
+            """The worker's ready(), once per process whoever asks first: the driver, or a unit
+            that arrived before it returned (a streamed unit, or any unit on a restarted actor,
+            in which Ray reran __init__ only). A failure is kept and raised to every caller."""
+            with self._prism4m_ready_lock:
+                if self._prism4m_ready_error is not None:
+                    raise self._prism4m_ready_error
+                if not self._prism4m_ready:
+                    try:
+                        self._prism4m_ready_value = super().ready()
+                    except BaseException as exc:
+                        self._prism4m_ready_error = exc
+                        raise
+                    self._prism4m_ready = True
+            return self._prism4m_ready_value
 
         def process(self, unit):
-            if not self._prism4m_ready:  # a restarted actor: Ray reran __init__ only
-                with self._prism4m_ready_lock:
-                    if not self._prism4m_ready:
-                        self.ready()
-            result = self._staged(unit) if staged else super().process(unit)
+            if staged:
+                result = self._staged(unit)
+            else:
+                self.ready()
+                result = super().process(unit)
             if isinstance(result, dict):
                 result = {**result, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
             return result
@@ -121,12 +137,15 @@ def _instrumented(worker_cls: type) -> type:
                 in_flight = self._prism4m_in_flight
                 self._prism4m_max_in_flight = max(self._prism4m_max_in_flight, in_flight)
             try:
-                state = self.prepare(unit)
+                with self._prism4m_cpu:
+                    state = self.prepare(unit)  # reads only: may run while the models load
+                self.ready()
                 with self._prism4m_device:
                     t0 = time.time()
                     state = self.compute(state)
                     span = (t0, time.time())
-                result = self.finish(state)
+                with self._prism4m_cpu:
+                    result = self.finish(state)
             finally:
                 with self._prism4m_lock:
                     self._prism4m_in_flight -= 1
@@ -200,8 +219,10 @@ def run_units(
     actor_cls = ray.remote(_instrumented(worker_cls))
     actor_opts = dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory or None, resources=resources or {},
                       max_restarts=max_retries, max_task_retries=max_retries)
-    if pipeline_depth > 1 and all(hasattr(worker_cls, m) for m in ("prepare", "compute", "finish")):
-        actor_opts["max_concurrency"] = pipeline_depth  # a threaded actor: its calls overlap
+    streamed = pipeline_depth > 1 and all(hasattr(worker_cls, m) for m in ("prepare", "compute", "finish"))
+    if streamed:
+        # A threaded actor: its calls overlap (its ready() call takes a thread of its own).
+        actor_opts["max_concurrency"] = pipeline_depth + 1
         inflight_per_worker = max(inflight_per_worker, pipeline_depth)
 
     # Actor slots. Start-up is asynchronous: an actor takes units as soon as its own ready()
@@ -212,6 +233,10 @@ def run_units(
     actors: list[Any] = [None] * n_actors
     groups: list[Any] = [None] * n_actors  # each actor's placement group
     is_ready = [False] * n_actors
+    # A streamed actor takes units as soon as it is placed: it reads and decodes them while its
+    # models load (its units wait for its ready() inside the actor). Not after a unit failed
+    # on it before ready() returned: that is a start-up failure, which ready()'s answer reports.
+    early = [streamed] * n_actors
     placing: dict[Any, int] = {}  # pg.ready() ref -> slot, until its resources are reserved
     readying: dict[Any, int] = {}  # ready() ref -> slot, until ready() returns
     created_at = [0.0] * n_actors
@@ -227,6 +252,7 @@ def run_units(
         created_at[slot] = time.monotonic()
         actors[slot] = actor_cls.options(**opts).remote(*worker_args)
         is_ready[slot] = False
+        early[slot] = streamed
         readying[actors[slot].ready.remote()] = slot
 
     def release(slot: int) -> None:
@@ -291,6 +317,9 @@ def run_units(
                     return pending.pop(j)
             return None
 
+        def servable(a: int) -> bool:
+            return actors[a] is not None and (is_ready[a] or (early[a] and a not in placing.values()))
+
         def fill() -> None:
             # Round robin, one slot per actor per pass: 2 units on 2 actors run in parallel
             # (filling actor 0's whole queue first left actor 1 idle).
@@ -299,12 +328,12 @@ def run_units(
             # after the other. So each pass serves the least loaded actors first, and a busy actor
             # takes another unit only while more are pending than the actors still starting can
             # take, one each.
-            starting = sum(1 for a in range(n_actors) if actors[a] is not None and not is_ready[a])
+            starting = sum(1 for a in range(n_actors) if actors[a] is not None and not servable(a))
             placed = True
             while pending and placed:
                 placed = False
                 for a in sorted(range(n_actors), key=lambda i: load[i]):
-                    if not pending or not is_ready[a] or load[a] >= inflight_per_worker:
+                    if not pending or not servable(a) or load[a] >= inflight_per_worker:
                         continue
                     if load[a] > 0 and len(pending) <= starting:
                         continue
@@ -339,6 +368,7 @@ def run_units(
             fut = ready[0]
             if fut in placing:  # its resources are reserved: the actor is starting there
                 del placing[fut]
+                fill()  # a streamed actor takes units now
                 continue
             if fut in readying:
                 slot = readying.pop(fut)
@@ -360,6 +390,13 @@ def run_units(
                 result = ray.get(fut)
             except Exception as exc:  # noqa: BLE001 - a unit's failure must not stop the others
                 reason, msg = _short_error(exc)
+                if reason != "worker_died" and not is_ready[actor_idx] and actors[actor_idx] is handle:
+                    # Early on a streamed actor whose ready() has not answered: most likely its
+                    # start-up failed (the answer aborts the run). Not the unit's attempt.
+                    early[actor_idx] = False
+                    pending.append((idx, unit))
+                    fill()
+                    continue
                 if reason == "worker_died":
                     if actors[actor_idx] is handle:
                         # Ray already restarted and retried; replace the actor once (killing it
