@@ -97,7 +97,7 @@ def set_worker_malloc_env() -> None:
     faults per 150 images, and the cheap labelers ran 20-50% slower than the same code outside
     Ray (metadata: 1.24 s vs 0.73 s, paired). Fixed thresholds at glibc's own ceiling (32 MB)
     keep them on the heap. Set before a local Ray starts; a cluster's nodes need them in the
-    environment of `ray start` (docs/DATASET.md, "Running on a cluster"). A user's own values win.
+    environment of `ray start` (README, "on a Ray cluster"). A user's own values win.
     """
     for key, value in WORKER_MALLOC_ENV.items():
         os.environ.setdefault(key, value)
