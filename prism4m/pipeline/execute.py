@@ -98,8 +98,9 @@ def _instrumented(worker_cls: type) -> type:
             self._prism4m_device = threading.Lock()      # one compute at a time: the device's turn
             # The CPU steps (prepare, finish) run at most as many at a time as the actor has CPUs:
             # three units decoding at once on one CPU would delay the first compute, and each other.
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-            self._prism4m_cpu = threading.Semaphore(max(1, int(cpus)))
+            from prism4m.pipeline.ray_env import assigned_cpus
+
+            self._prism4m_cpu = threading.Semaphore(assigned_cpus())
             self._prism4m_in_flight = self._prism4m_max_in_flight = 0
             super().__init__(*args, **kwargs)
 
@@ -236,7 +237,7 @@ def run_units(
     # A streamed actor takes units as soon as it is placed: it reads and decodes them while its
     # models load (its units wait for its ready() inside the actor). Not after a unit failed
     # on it before ready() returned: that is a start-up failure, which ready()'s answer reports.
-    early = [streamed] * n_actors
+    early = [False] * n_actors  # set by start()
     placing: dict[Any, int] = {}  # pg.ready() ref -> slot, until its resources are reserved
     readying: dict[Any, int] = {}  # ready() ref -> slot, until ready() returns
     created_at = [0.0] * n_actors

@@ -282,6 +282,13 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
+def assigned_cpus() -> int:
+    """Inside a Ray actor or task: the whole CPUs it was given (at least 1)."""
+    import ray
+
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
 def limit_threads_to_assigned_cpus() -> int:
     """Inside a Ray actor: use as many intra-op threads as CPUs the actor was given.
 
@@ -293,7 +300,7 @@ def limit_threads_to_assigned_cpus() -> int:
         import ray
 
         if ray.is_initialized():
-            n = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+            n = assigned_cpus()
     except Exception:  # noqa: BLE001 - outside an actor: leave the defaults alone
         return 0
     import cv2
