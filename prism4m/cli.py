@@ -152,8 +152,8 @@ def ingest(
         None, help="chroma subsampling of rgb/: auto (4:4:4 at quality >= 90, else 4:2:0), 4:4:4, 4:2:2 or 4:2:0 "
                    "(img2dataset's; ~30-40% smaller) [new root: auto]"),
     resize_filter: Optional[str] = typer.Option(
-        None, help="resize filter to the short side: bicubic, lanczos (sharper, slower) or hamming (~35% faster "
-                   "resize, softer) [new root: bicubic]"),
+        None, help="resize filter to the short side: bicubic (the fastest), lanczos (sharper, slower) or hamming "
+                   "(softer, slower; for roots made with it) [new root: bicubic]"),
     n_crops: Optional[int] = typer.Option(None, help="crop_settings rows per sample [new root: 5]"),
     seed: Optional[int] = typer.Option(None, help="seed of the crop draws [new root: 0]"),
     max_pixels: Optional[int] = typer.Option(None, help="refuse larger images (decompression-bomb guard) [new root: 89478485]"),

@@ -86,6 +86,34 @@ RESIZE_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampli
                   "hamming": Image.Resampling.HAMMING}
 
 
+# Pillow's resize with reducing_gap=3 first box-reduces by an integer factor when the image is
+# at least 2×3 times the target; below that it is a plain antialiased resample.
+_REDUCING_GAP = 3.0
+
+
+def resize(rgb: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
+    """Pillow's antialiased ``resample`` of an RGB image to ``size`` (w, h), reducing gap 3.
+
+    Bicubic resizes that Pillow does as one plain resample (below 2×reducing gap per axis: every
+    JPEG, which its DCT draft brings within 2× of the target) run on torch's antialiased uint8
+    kernel instead. It is Pillow's algorithm (a = -0.5, fixed-point, rounded between passes),
+    vectorised: ~4× faster here, at most 2 grey levels apart on ≤ 0.5% of values (measured on
+    skimage's photos; tests/test_ingest_speed.py). Half of ingest's per-image time was this resize.
+    """
+    w, h = rgb.size
+    plain = w < 2 * _REDUCING_GAP * size[0] and h < 2 * _REDUCING_GAP * size[1]
+    if resample != Image.Resampling.BICUBIC or not plain or rgb.mode != "RGB":
+        return rgb.resize(size, resample, reducing_gap=_REDUCING_GAP)
+    import torch
+    import torch.nn.functional as F
+
+    # Pillow's packed RGB bytes viewed as an NCHW tensor with channels-last strides: the layout
+    # the vectorised kernel wants, without another copy.
+    hwc = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(1, h, w, 3)
+    out = F.interpolate(hwc.permute(0, 3, 1, 2), size=(size[1], size[0]), mode="bicubic", antialias=True)
+    return Image.fromarray(out[0].permute(1, 2, 0).contiguous().numpy(), "RGB")
+
+
 def normalize_image(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int,
                     max_pixels: int, name: str = "", subsampling: str | None = None,
                     resize_filter: str = "bicubic") -> NormalizedImage:
@@ -151,7 +179,7 @@ def _normalize(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int
     s = short_side / min(rw, rh)
     new = (max(1, round(rw * s)), max(1, round(rh * s)))
     if new != (rw, rh):
-        rgb = rgb.resize(new, resample, reducing_gap=3.0)
+        rgb = resize(rgb, new, resample)
     buf = io.BytesIO()
     rgb.save(buf, format="JPEG", quality=jpeg_quality, subsampling=subsampling)
     return NormalizedImage(buf.getvalue(), new[0], new[1], ow, oh, mode, fmt, orientation)

@@ -152,6 +152,12 @@ class IngestWorker:
         self.has_captions = has_captions
 
     def ready(self) -> bool:
+        if self.cfg.resize_filter == "bicubic":  # images.resize runs it on torch: import it at start-up
+            import torch  # noqa: F401
+
+            from prism4m.pipeline.ray_env import limit_threads_to_assigned_cpus
+
+            limit_threads_to_assigned_cpus()
         return True
 
     def process(self, unit: IngestUnit) -> dict:
