@@ -157,9 +157,10 @@ def test_private_local_ray_starts_without_monitors(ray_session):
 @pytest.mark.parametrize("photo,short_side", [("astronaut", 300), ("coffee", 224), ("chelsea", 512),
                                               ("rocket", 200), ("coffee", 640)])
 def test_bicubic_resize_is_pillows_bicubic(photo, short_side):
-    """The vectorised resize agrees with Pillow's own bicubic (what roots were made with) to
-    2 grey levels on at most 1% of values, down- and upscaling real photos; resizes Pillow does
-    with a box reduction first (≥ 6×) and the other filters are Pillow's own, exactly."""
+    """The vectorised resize (large ingest units) agrees with Pillow's own bicubic (small
+    units, and roots made before it) to 2 grey levels on at most 1% of values, down- and
+    upscaling real photos; resizes Pillow does with a box reduction first (≥ 6×) and the other
+    filters are Pillow's own, exactly."""
     from skimage import data
 
     from prism4m.pipeline.images import resize
@@ -168,12 +169,26 @@ def test_bicubic_resize_is_pillows_bicubic(photo, short_side):
     w, h = img.size
     s = short_side / min(w, h)
     size = (round(w * s), round(h * s))
-    ours = np.asarray(resize(img, size, Image.Resampling.BICUBIC)).astype(int)
+    ours = np.asarray(resize(img, size, Image.Resampling.BICUBIC, vectorised=True)).astype(int)
     pillows = np.asarray(img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)).astype(int)
+    assert np.array_equal(np.asarray(resize(img, size, Image.Resampling.BICUBIC)), pillows)
     assert ours.shape == pillows.shape == (size[1], size[0], 3)
     assert np.abs(ours - pillows).max() <= 2 and (ours != pillows).mean() <= 0.01
     tiny = (max(1, w // 8), max(1, h // 8))
-    assert np.array_equal(np.asarray(resize(img, tiny, Image.Resampling.BICUBIC)),
+    assert np.array_equal(np.asarray(resize(img, tiny, Image.Resampling.BICUBIC, vectorised=True)),
                           np.asarray(img.resize(tiny, Image.Resampling.BICUBIC, reducing_gap=3.0)))
-    assert np.array_equal(np.asarray(resize(img, size, Image.Resampling.HAMMING)),
+    assert np.array_equal(np.asarray(resize(img, size, Image.Resampling.HAMMING, vectorised=True)),
                           np.asarray(img.resize(size, Image.Resampling.HAMMING, reducing_gap=3.0)))
+
+
+def test_vectorised_resize_is_decided_by_the_planned_shard_size(tmp_path):
+    """Large units (the default shard size) get the fast kernel; small ones, and other filters,
+    keep Pillow's resize: by the plan's size, so a unit's bytes never depend on its worker."""
+    from prism4m.pipeline.images import VECTORISED_RESIZE_MIN_IMAGES
+    from prism4m.pipeline.ingest import IngestWorker
+
+    store = DatasetStore(str(tmp_path / "root"))
+    bicubic = IngestWorker(store, {}, None, False)
+    assert bicubic._vectorised_resize(1000) and bicubic._vectorised_resize(VECTORISED_RESIZE_MIN_IMAGES)
+    assert not bicubic._vectorised_resize(VECTORISED_RESIZE_MIN_IMAGES - 1)
+    assert not IngestWorker(store, {"resize_filter": "lanczos"}, None, False)._vectorised_resize(1000)

@@ -86,23 +86,32 @@ RESIZE_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampli
                   "hamming": Image.Resampling.HAMMING}
 
 
+# A unit of at least this many images resizes with the vectorised kernel: Pillow's bicubic took
+# 7.3 ms of a 1024×768 image's ~15, the kernel 2.9 ms, so the torch import (1-2.5 s per worker)
+# pays for itself after ~250-570 images. Decided per unit from its size alone, so a unit's
+# bytes never depend on what its worker ran before (a resumed unit is byte-identical).
+VECTORISED_RESIZE_MIN_IMAGES = 256
+
 # Pillow's resize with reducing_gap=3 first box-reduces by an integer factor when the image is
 # at least 2×3 times the target; below that it is a plain antialiased resample.
 _REDUCING_GAP = 3.0
 
 
-def resize(rgb: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
+def resize(rgb: Image.Image, size: tuple[int, int], resample: Image.Resampling,
+           vectorised: bool = False) -> Image.Image:
     """Pillow's antialiased ``resample`` of an RGB image to ``size`` (w, h), reducing gap 3.
 
-    Bicubic resizes that Pillow does as one plain resample (below 2×reducing gap per axis: every
-    JPEG, which its DCT draft brings within 2× of the target) run on torch's antialiased uint8
-    kernel instead. It is Pillow's algorithm (a = -0.5, fixed-point, rounded between passes),
-    vectorised: ~4× faster here, at most 2 grey levels apart on ≤ 0.5% of values (measured on
-    skimage's photos; tests/test_ingest_speed.py). Half of ingest's per-image time was this resize.
+    ``vectorised``: bicubic resizes that Pillow does as one plain resample (below 2×reducing
+    gap per axis: every JPEG, which its DCT draft brings within 2× of the target) run on
+    torch's antialiased uint8 kernel instead. It is Pillow's algorithm (a = -0.5, fixed-point,
+    rounded between passes), vectorised: ~2.5× faster with the conversions, at most 2 grey
+    levels apart on ≤ 0.5% of values (74 dB; skimage's photos; tests/test_ingest_speed.py).
+    It costs a torch import (1-2.5 s) in the process, so ingest uses it for large units only
+    (VECTORISED_RESIZE_MIN_IMAGES).
     """
     w, h = rgb.size
     plain = w < 2 * _REDUCING_GAP * size[0] and h < 2 * _REDUCING_GAP * size[1]
-    if resample != Image.Resampling.BICUBIC or not plain or rgb.mode != "RGB":
+    if not vectorised or resample != Image.Resampling.BICUBIC or not plain or rgb.mode != "RGB":
         return rgb.resize(size, resample, reducing_gap=_REDUCING_GAP)
     import torch
     import torch.nn.functional as F
@@ -116,18 +125,18 @@ def resize(rgb: Image.Image, size: tuple[int, int], resample: Image.Resampling) 
 
 def normalize_image(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int,
                     max_pixels: int, name: str = "", subsampling: str | None = None,
-                    resize_filter: str = "bicubic") -> NormalizedImage:
+                    resize_filter: str = "bicubic", vectorised_resize: bool = False) -> NormalizedImage:
     if not data:
         raise BadImage("empty", f"{name}: file is empty (0 bytes)")
     with _pillow_pixel_limit(max_pixels):
         return _normalize(data, short_side=short_side, jpeg_quality=jpeg_quality, min_side=min_side,
                           max_pixels=max_pixels, name=name,
                           subsampling=subsampling or ("4:4:4" if jpeg_quality >= 90 else "4:2:0"),
-                          resample=RESIZE_FILTERS[resize_filter])
+                          resample=RESIZE_FILTERS[resize_filter], vectorised=vectorised_resize)
 
 
 def _normalize(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int, max_pixels: int,
-               name: str, subsampling: str, resample: Image.Resampling) -> NormalizedImage:
+               name: str, subsampling: str, resample: Image.Resampling, vectorised: bool) -> NormalizedImage:
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -179,7 +188,7 @@ def _normalize(data: bytes, *, short_side: int, jpeg_quality: int, min_side: int
     s = short_side / min(rw, rh)
     new = (max(1, round(rw * s)), max(1, round(rh * s)))
     if new != (rw, rh):
-        rgb = resize(rgb, new, resample)
+        rgb = resize(rgb, new, resample, vectorised)
     buf = io.BytesIO()
     rgb.save(buf, format="JPEG", quality=jpeg_quality, subsampling=subsampling)
     return NormalizedImage(buf.getvalue(), new[0], new[1], ow, oh, mode, fmt, orientation)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from prism4m import __version__
 from prism4m.contract.members import encode_json, encode_npy
 from prism4m.contract.crop_settings import crop_settings
-from prism4m.pipeline.images import BadImage, normalize_image
+from prism4m.pipeline.images import VECTORISED_RESIZE_MIN_IMAGES, BadImage, normalize_image
 from prism4m.pipeline.ingest_settings import IngestConfig, resolve_settings, save_settings
 from prism4m.pipeline.ingest_plan import (key_hash, load_plan_shard, make_key, plan_and_save, plan_counts,
                                            release_memory, scan_schema, unplanned_files)
@@ -152,12 +152,17 @@ class IngestWorker:
         self.has_captions = has_captions
 
     def ready(self) -> bool:
-        if self.cfg.resize_filter == "bicubic":  # images.resize runs it on torch: import it at start-up
-            import torch  # noqa: F401
+        return True
 
-            from prism4m.pipeline.ray_env import limit_threads_to_assigned_cpus
+    def _vectorised_resize(self, n_images: int) -> bool:
+        """Whether this unit resizes on torch's kernel (images.VECTORISED_RESIZE_MIN_IMAGES)."""
+        if self.cfg.resize_filter != "bicubic" or n_images < VECTORISED_RESIZE_MIN_IMAGES:
+            return False
+        import torch  # noqa: F401 - once per worker, by its first large unit
 
-            limit_threads_to_assigned_cpus()
+        from prism4m.pipeline.ray_env import limit_threads_to_assigned_cpus
+
+        limit_threads_to_assigned_cpus()
         return True
 
     def process(self, unit: IngestUnit) -> dict:
@@ -189,6 +194,7 @@ class IngestWorker:
                 for it in file_items:
                     errors.append({"key": it["key"], "source": it["source_id"], "reason": "unreadable",
                                    "message": str(exc)})
+        vectorised = self._vectorised_resize(len(uri_of))  # the planned shard, whatever is skipped
         outputs: dict[str, list[Member]] = {f: [] for f in INGEST_FOLDERS}
         if self.has_captions:
             outputs["caption"] = []
@@ -207,6 +213,7 @@ class IngestWorker:
                     raise BadImage("undecodable", f"{it['source_id']}: content changed since the scan")
                 img = normalize_image(data, short_side=cfg.short_side, jpeg_quality=cfg.jpeg_quality,
                                       subsampling=cfg.subsampling, resize_filter=cfg.resize_filter,
+                                      vectorised_resize=vectorised,
                                       min_side=cfg.min_side, max_pixels=cfg.max_pixels, name=it["source_id"])
             except BadImage as exc:
                 errors.append({"key": it["key"], "source": it["source_id"], "reason": exc.reason,

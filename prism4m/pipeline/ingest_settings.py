@@ -34,7 +34,8 @@ class IngestConfig(BaseModel):
                             "4:2:0 (img2dataset's) makes files ~30-40% smaller and encodes faster")
     resize_filter: Literal["bicubic", "lanczos", "hamming"] = Field(
         "bicubic", description="Pillow's antialiased resize filter to the short side: bicubic (sharp, the "
-                               "default, and the fastest: Pillow's algorithm on torch's vectorised kernel), "
+                               "default, and the fastest: Pillow's algorithm, on torch's vectorised kernel in "
+                               "units of >= 256 images), "
                                "lanczos (sharper, ~3.5x slower), hamming (softer: ~44 dB PSNR against bicubic, "
                                "~1.7x slower; kept for roots made with it; docs/DATASET.md)")
     n_crops: int = Field(5, ge=1, description="crop_settings rows per sample (row 0: centre square)")
