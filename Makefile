@@ -45,7 +45,7 @@ bench: setup
 bench-quick: setup
 	$(PY) benchmarks/run_all.py --quick --out benchmarks/results/quick.json
 
-# On a machine with a CUDA device: the label stage on the GPU, measured (exits 0 without one).
+# On a machine with a CUDA device: the label and tokenize stages on the GPU, measured (exits 0 without one).
 gpu-check: setup
 	$(PY) benchmarks/gpu_check.py
 
