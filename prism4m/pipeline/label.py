@@ -82,8 +82,8 @@ class LabelWorker:
 
     def __init__(self, store: DatasetStore, specs: list[tuple[type[Labeler], dict]]):
         # The driver's classes (pickled by reference: the worker imports their modules), not
-        # their names: looking a name up scans every installed package's entry points, 0.15 s
-        # of each actor's start-up, and the driver has already resolved it.
+        # their names: looking a name up scans every installed package's entry points (0.03 s
+        # in an actor, 0.15 s in a cold process) at each actor start, and the driver already did.
         self.store = store
         self.labelers = {cls.name: cls(cfg) for cls, cfg in specs}
 
