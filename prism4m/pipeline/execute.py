@@ -78,6 +78,12 @@ def _count(value: Any) -> int:
     return len(value) if isinstance(value, (list, tuple, dict, set)) else int(value or 0)
 
 
+def is_staged(worker_cls: type) -> bool:
+    """Whether a worker does its units in three steps (prepare, compute, finish) that an actor
+    can stream, rather than in one process() call."""
+    return all(callable(getattr(worker_cls, m, None)) for m in ("prepare", "compute", "finish"))
+
+
 def _instrumented(worker_cls: type) -> type:
     """`worker_cls` plus: ready() rerun in a restarted actor, node id and pid on each result.
 
@@ -154,7 +160,7 @@ def _instrumented(worker_cls: type) -> type:
                 result = {**result, "compute_span": span, "max_in_flight": self._prism4m_max_in_flight}
             return result
 
-    staged = all(callable(getattr(worker_cls, m, None)) for m in ("prepare", "compute", "finish"))
+    staged = is_staged(worker_cls)
     Instrumented.__name__ = worker_cls.__name__
     return Instrumented
 
@@ -220,7 +226,7 @@ def run_units(
     actor_cls = ray.remote(_instrumented(worker_cls))
     actor_opts = dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory or None, resources=resources or {},
                       max_restarts=max_retries, max_task_retries=max_retries)
-    streamed = pipeline_depth > 1 and all(hasattr(worker_cls, m) for m in ("prepare", "compute", "finish"))
+    streamed = pipeline_depth > 1 and is_staged(worker_cls)
     if streamed:
         # A threaded actor: its calls overlap (its ready() call takes a thread of its own).
         actor_opts["max_concurrency"] = pipeline_depth + 1
