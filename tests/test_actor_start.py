@@ -85,6 +85,24 @@ def test_streamed_actor_whose_start_fails_aborts_without_failing_units(tmp_path,
     assert not any(w.startswith("compute-") for _, _, w in _marks(tmp_path))
 
 
+def test_aborted_run_prints_its_one_line_error_and_nothing_from_ray(tmp_path, ray_session, capfd, caplog):
+    """Calls already sent when a run aborts (each streamed unit, each other actor's ready())
+    are collected: Ray would log every unfetched error with its traceback ("Unhandled error")
+    and warn of retries for calls on the actors it kills, burying the run's one-line error."""
+    import gc
+    import logging
+    import time
+
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(WorkerStartupError):
+        run_units([0, 1, 2, 3], slow_model_class(), (str(tmp_path), True), workers=2, pipeline_depth=3,
+                  max_retries=2)
+    gc.collect()  # the abandoned references die here at the latest; Ray logs from a thread
+    time.sleep(1.0)
+    out = caplog.text + capfd.readouterr().err  # Ray's logger, and what its core worker prints
+    assert "Unhandled error" not in out and "retries remaining" not in out, out[-2000:]
+
+
 def allocator_class() -> type:
     class Allocator:
         """A colourfulness-like statistic: float64 copies of an image and of its channel

@@ -144,6 +144,8 @@ def _instrumented(worker_cls: type) -> type:
                 in_flight = self._prism4m_in_flight
                 self._prism4m_max_in_flight = max(self._prism4m_max_in_flight, in_flight)
             try:
+                if self._prism4m_ready_error is not None:
+                    raise self._prism4m_ready_error  # start-up failed: no point reading the unit
                 with self._prism4m_cpu:
                     state = self.prepare(unit)  # reads only: may run while the models load
                 self.ready()
@@ -304,13 +306,13 @@ def run_units(
               f"each could not be placed in {timeout_s:g} s and {'were' if len(late) != 1 else 'was'} "
               f"dropped; continuing on {sum(a is not None for a in actors)} ({cluster})", progress)
 
+    inflight: dict[Any, tuple[int, Any, int, Any]] = {}  # future -> (unit idx, unit, actor idx, handle)
     try:
         for slot in range(n_actors):
             start(slot)
         pending = list(enumerate(units))[::-1]  # stack: pop() yields units in order
         attempts: dict[int, int] = {}
         suspects: set[int] = set()  # units that were on an actor when it died: rerun alone
-        inflight: dict[Any, tuple[int, Any, int, Any]] = {}  # future -> (unit idx, unit, actor idx, handle)
         load = [0] * n_actors
         solo = [False] * n_actors  # actor runs a suspect unit: nothing else is queued behind it
 
@@ -431,13 +433,42 @@ def run_units(
                     progress.update(units=1, samples=int(result.get("samples", 0)),
                                     invalid=_count(result.get("invalid", result.get("errors", 0))))
             fill()
+    except Exception:
+        _collect_quietly([*inflight, *readying], ABANDONED_CALLS_WAIT_S)  # before their actors die
+        raise
     finally:
         for slot in range(n_actors):
             release(slot)
+        _collect_quietly([*inflight, *readying], 1.0)  # the calls their death ended
         if progress:
             progress.close()
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+#: how long an aborted run waits for the calls already sent to finish before killing their actors
+ABANDONED_CALLS_WAIT_S = 3.0
+
+
+def _collect_quietly(refs: list, timeout_s: float) -> None:
+    """Fetch, and drop, what the calls of an aborted run answer within ``timeout_s``.
+
+    Ray logs the error of a call whose answer nobody fetched ("Unhandled error", traceback and
+    all), and warns of retries for each call queued on an actor that is killed: an aborted run
+    (a labeler without weights, say) buried its one-line message under screens of both. A
+    streamed actor's other calls fail at once after its ready() did; a call still computing on
+    another actor is waited for this long at most, then killed with it.
+    """
+    import ray
+
+    if not refs:
+        return
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for ref in done:
+        try:
+            ray.get(ref)
+        except Exception:  # noqa: BLE001 - the run's own error is what the user gets
+            pass
 
 
 def _free(resources: dict) -> str:
