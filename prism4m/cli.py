@@ -373,12 +373,16 @@ def train(config: str = typer.Argument(..., help="trainer YAML (or a job spec wi
 
 @app.command()
 def labelers(
+    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="show NAME's settings (same as --config)"),
     config: Optional[str] = typer.Option(None, "--config", "-c", metavar="NAME",
                                          help="show NAME's settings: key, type, default, description"),
 ) -> None:
     """List the labelers this installation knows (built-ins and entry points), or one's settings."""
     from prism4m import api
 
+    if name and config and name != config:
+        raise UserError(f"labelers: two labelers named ({name!r} and --config {config!r}); give one")
+    config = config or name
     _echo(api.describe_labelers(api.labelers(config), config))
 
 

@@ -224,6 +224,10 @@ def test_labelers_config_shows_keys_types_defaults_and_descriptions():
     keys = list(rows)
     assert keys.index("low") < keys.index("num_cpus")
     assert "prism4m label ROOT -m canny_edge -c canny_edge.KEY=VALUE" in result.stdout
+    # the name alone, as users first type it, answers the same
+    assert runner.invoke(app, ["labelers", "canny_edge"]).stdout == result.stdout
+    both = runner.invoke(app, ["labelers", "canny_edge", "--config", "depth"])
+    assert both.exit_code == 2 and "give one" in both.output
 
 
 @pytest.mark.parametrize("argv, fragments", [

@@ -166,7 +166,7 @@ def test_pose_provenance_flags_random_weights_of_both_models(pose_dirs):
 
 
 def test_pose_missing_weights_name_the_right_key(pose_dirs, tmp_path):
-    with pytest.raises(MissingWeightsError, match=r"human_poses\.checkpoint"):
+    with pytest.raises(MissingWeightsError, match=r"human_poses\.checkpoint.*'human_poses\.backend=mediapipe'"):
         make_labeler("human_poses", {"detector_checkpoint": pose_dirs["detector_checkpoint"]}).ensure_setup()
     with pytest.raises(MissingWeightsError, match=r"human_poses\.detector_checkpoint"):
         make_labeler("human_poses", {"checkpoint": pose_dirs["checkpoint"]}).ensure_setup()

@@ -58,7 +58,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from prism4m.labelers.base import LabelInput, Resources
+from prism4m.labelers.base import LabelInput, MissingWeightsError, Resources
 from prism4m.contract.members import encode_json
 from prism4m.labelers.hf import HFLabeler, HFLabelerConfig, HFModel, load_hf_model
 from prism4m.labelers.pose_format import COCO_KEYPOINTS
@@ -120,7 +120,14 @@ class HumanPosesLabeler(HFLabeler):
         if self.mediapipe:
             self._setup_mediapipe()
             return
-        super().setup()
+        try:
+            super().setup()
+        except MissingWeightsError as exc:
+            if self.config.checkpoint:
+                raise
+            # the one deep labeler with real weights installed: say so to a user who has none
+            raise MissingWeightsError(f"{exc} Or use the BlazePose backend, whose weights `make setup` "
+                                      f"installs: --config 'human_poses.backend=mediapipe'.") from None
         if self.model.config.num_labels != COCO_KEYPOINTS:
             raise ValueError(f"human_poses: {self.config.checkpoint!r} predicts {self.model.config.num_labels} "
                              f"keypoints; the format needs the {COCO_KEYPOINTS} COCO keypoints")
