@@ -38,6 +38,34 @@ def generate_jpegs(d: Path, n: int, size=(1024, 768), seed: int = 0) -> None:
         Image.fromarray(img).save(d / f"img{i:05d}.jpg", quality=90)
 
 
+def actor_start_s(imports: tuple[str, ...] = (), rounds: int = 3) -> float:
+    """Seconds from asking a running Ray for a 1-CPU actor to the end of its ``__init__``, which
+    only imports ``imports`` (median of ``rounds``). Ray starts a fresh worker process for every
+    actor, so this is the part of a stage's start-up that no worker code can remove: the floor
+    under a whole-stage figure of a short run."""
+    import importlib
+
+    import ray
+
+    @ray.remote(num_cpus=1)
+    class Probe:
+        def __init__(self, modules: list[str]):
+            for m in modules:
+                importlib.import_module(m)
+            self.t = time.time()
+
+        def started(self) -> float:
+            return self.t
+
+    times = []
+    for _ in range(rounds):
+        t0 = time.time()
+        probe = Probe.remote(list(imports))
+        times.append(ray.get(probe.started.remote()) - t0)
+        ray.kill(probe)
+    return statistics.median(times)
+
+
 def bare_label_loop(root: str, out_dir: Path) -> float:
     """The same work as `prism4m label` for the cheap labelers, in one process with no Ray,
     no ledger and no atomic moves: read rgb shards, decode, label, encode, write tars."""

@@ -8,6 +8,9 @@
 - tokenize_efficiency_units: the same with the stage's time in its units only (the bare loop's
   wall ÷ the sum of the actor's unit walls); tokenize_fixed_s is the rest of the stage's wall
   (actor start, torch import, tokenizer load, planning, manifest).
+- tokenize_actor_start_s: Ray starting a bare actor that imports the stage (and torch with it),
+  measured alone: the floor under the stage's start-up; tokenize_efficiency_ceiling is the
+  figure this run's bare loop allows after it alone.
 - tokenize_encode_share: share of the bare loop's time in the encoder forward.
 - token_bytes_ratio: bytes of token shards ÷ raw int16 payload (samples × crops × tokens ×
   2) with the stage's default gzip'd tars, for the worst case: ids drawn uniformly from the
@@ -35,7 +38,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_foundation import generate_jpegs  # noqa: E402  (one synthetic-photo generator)
+from bench_foundation import actor_start_s, generate_jpegs  # noqa: E402  (shared with the other benches)
 
 SCALE = float(os.environ.get("PRISM4M_BENCH_SCALE", "1"))
 N_IMAGES = max(16, int(64 * SCALE))
@@ -163,7 +166,12 @@ def run(workdir: str) -> dict:
                    for m, a in zip(members, arrays)]
         uniform_bytes += len(build_tar(uniform, "gzip"))
     p = counts[counts > 0] / counts.sum()
+    # The floor under tokenize_efficiency: Ray starting an actor that imports the stage (torch
+    # with it), measured alone; the bare loop's process has both already.
+    start = actor_start_s(("prism4m.pipeline.tokenize",))
     return {
+        "tokenize_actor_start_s": round(start, 2),
+        "tokenize_efficiency_ceiling": round(bare["wall_s"] / (bare["wall_s"] + start), 3),
         "tokenize_efficiency": round(prism_sps / bare_sps, 3),
         "tokenize_encode_share": round(bare["encode_s"] / bare["wall_s"], 3),
         # the same without the stage's fixed start-up, which a run this short (~10 s) cannot amortise
