@@ -42,6 +42,14 @@ def test_status_counts_what_the_photo_root_lacks(photo_root):
     assert "canny_edge" not in m.group(3)
 
 
+def test_status_says_why_a_present_folder_is_not_labelled(fresh_photo_root):
+    # a changed config makes canny_edge stale: its folder is there, but no longer counts
+    ok("label", fresh_photo_root, "-m", "canny_edge", "-c", "canny_edge.low=20", "-c", "canny_edge.high=80", "-q")
+    m = COUNT.search(ok("status", fresh_photo_root))
+    assert m and m.group(1) == "2"
+    assert "canny_edge (tok_canny_edge@224; shards 2 stale)" in m.group(3)
+
+
 def test_every_4m21_folder_labelled_through_the_cli_is_19_of_19(photo_root, tmp_path):
     base = tmp_path / "models"
     cpu = {"num_gpus": 0, "num_cpus": 0.5}

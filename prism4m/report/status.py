@@ -148,6 +148,15 @@ def _describe(producer: dict) -> str:
     return f"{producer.get('kind', '?')}:{name}" + (f" ({ckpt})" if ckpt else "")
 
 
+def _partly(f: FolderStatus | None) -> str:
+    """Why a folder that exists still counts as missing: its shards that are not current."""
+    if f is None:
+        return ""
+    parts = [f"{n} {what}" for n, what in ((f.stale, "stale"), (f.missing, "not labelled"), (f.failed, "failed"))
+             if n]
+    return f"; shards {', '.join(parts)}" if parts else ""
+
+
 def format_status(st: DatasetStatus) -> str:
     head = ["folder", "producer", "committed", "stale", "missing", "failed", "samples", "invalid", "errors"]
     rows = []
@@ -169,7 +178,9 @@ def format_status(st: DatasetStatus) -> str:
         for key in m21["missing"]:
             missing.setdefault(FOURM21_IN_DOMAIN[key], []).append(key)
         if missing:
-            line += "; missing folders: " + ", ".join(f"{f} ({', '.join(k)})" for f, k in missing.items())
+            by_name = {f.folder: f for f in st.folders}
+            line += "; missing folders: " + ", ".join(
+                f"{f} ({', '.join(k)}{_partly(by_name.get(f))})" for f, k in missing.items())
         lines.append(line)
     if st.source_errors:
         lines.append("input files not ingested: " + ", ".join(f"{k}={v}" for k, v in sorted(st.source_errors.items())))
