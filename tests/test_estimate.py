@@ -47,6 +47,24 @@ def test_estimate_from_ledger_wall_times(ledger_root):
     assert est8.gpu_hours == pytest.approx(rows["depth"].gpu_hours)
 
 
+def test_estimate_packs_actors_as_the_pilot_configured_the_labeler(tmp_path):
+    """human_poses asks for a GPU share with VitPose (its default) and none with BlazePose: a
+    pilot run with BlazePose is projected on CPU cores, not 10 actors per GPU."""
+    store = DatasetStore(str(tmp_path / "ds"))
+    for shard, config in enumerate(({"backend": "mediapipe"}, {"backend": "mediapipe"})):
+        rec = {"producer": {"kind": "labeler", "name": "human_poses", "config": config}, "inputs": {},
+               "wall_s": 2.0, "device": "cpu", "random_weights": False}
+        store.commit_unit(shard, {"human_poses": [Member(f"k{shard}", "json", b"{}")]}, {"human_poses": rec})
+    row = estimate(1000, 4, root=store.url).rows[0]
+    assert (row.num_gpus, row.actors) == (0.0, 32)  # 8 cores per GPU, 1 CPU each
+    # a config this version no longer accepts: the class defaults (VitPose's 0.1 GPU), as before
+    rec = {"producer": {"kind": "labeler", "name": "human_poses", "config": {"no_such_key": 1}}, "inputs": {},
+           "wall_s": 2.0, "device": "cpu", "random_weights": False}
+    store.commit_unit(2, {"human_poses": [Member("k2", "json", b"{}")]}, {"human_poses": rec})
+    row = estimate(1000, 4, root=store.url).rows[0]
+    assert row.num_gpus == pytest.approx(0.1) and row.actors == 40
+
+
 def test_estimate_reports_missing_labelers_and_assumptions(ledger_root):
     est = estimate(images=1000, gpus=1, labelers=["depth", "sam_instance"], root=ledger_root)
     assert est.missing == ["sam_instance"] and [r.name for r in est.rows] == ["depth"]

@@ -8,8 +8,8 @@ deliberately simple and every assumption is printed with the numbers:
 
 - one actor processes `img_per_s` images per second, as measured, times `speedup` (1 unless
   the user says the target device is faster than the one measured on);
-- a labeler asking for `num_gpus` g < 1 packs floor(1 / g) actors on a GPU; CPU-only labelers
-  (g = 0) get `cpus_per_gpu` × G cores, `num_cpus` per actor;
+- a labeler asking for `num_gpus` g < 1 (its resources as the pilot's recorded config sets
+  them) packs floor(1 / g) actors on a GPU; CPU-only labelers (g = 0) get `cpus_per_gpu` × G cores, `num_cpus` per actor;
 - actors scale linearly (no contention for disks, network or the object store);
 - labelers run one after another and the whole cluster (G GPUs) is held throughout, so
   GPU-hours = hours × G.
@@ -55,7 +55,7 @@ class LabelerEstimate:
     img_per_s: float            # per actor, as measured
     source: str                 # where img_per_s comes from
     device: str                 # where it was measured
-    num_gpus: float             # per actor (labeler's default resources)
+    num_gpus: float             # per actor (the labeler's resources, as the pilot configured it)
     num_cpus: float
     actors: int
     hours: float
@@ -96,6 +96,21 @@ def default_resources(name: str) -> tuple[float, float]:
         return 0.0, 1.0
 
 
+def resources_as_run(name: str, config: dict | None) -> tuple[float, float]:
+    """(num_gpus, num_cpus) per actor of the labeler configured as the pilot ran it: a setting
+    can change them (human_poses' BlazePose backend runs on CPU, VitPose asks for a GPU share).
+    The class defaults when no config was recorded or it no longer validates."""
+    if config:
+        try:
+            from prism4m.labelers.registry import make_labeler
+
+            res = make_labeler(name, config).resources
+            return float(res.num_gpus), float(res.num_cpus)
+        except Exception:  # noqa: BLE001 - a config of another version: the defaults, as without one
+            pass
+    return default_resources(name)
+
+
 def measured_rates(root: str | None, bench_file: Path | str | None = None,
                    storage_options: dict | None = None) -> dict[str, tuple[float, str, str]]:
     """labeler → (img_per_s per actor, source description, device)."""
@@ -104,8 +119,9 @@ def measured_rates(root: str | None, bench_file: Path | str | None = None,
 
 def _measurements(root: str | None, bench_file: Path | str | None = None,
                   storage_options: dict | None = None) -> dict[str, tuple[float, str, str, bool]]:
-    """labeler → (img_per_s per actor, source description, device, measured with random weights)."""
-    out: dict[str, tuple[float, str, str, bool]] = {}
+    """labeler → (img_per_s per actor, source description, device, measured with random weights,
+    the config it ran with (None from a benchmark file))."""
+    out: dict[str, tuple[float, str, str, bool, dict | None]] = {}
     if root is not None:
         from prism4m.contract.store import DatasetStore
 
@@ -114,15 +130,18 @@ def _measurements(root: str | None, bench_file: Path | str | None = None,
         for folder, t in ledger_throughput(store, ledgers).items():
             if t.kind == "labeler" and t.img_per_s > 0:
                 random = any(rec.get("random_weights") for rec in ledgers[folder].values())
+                # the last committed (seconds resolve ties: the later shard of one run)
+                _, newest = max(ledgers[folder].items(), key=lambda kv: (kv[1].get("committed_at", ""), kv[0]))
                 out[t.producer] = (t.img_per_s, f"ledger: {t.records} shards, {t.samples} samples, "
-                                                f"{t.wall_s:.1f} actor-s", t.device, random)
+                                                f"{t.wall_s:.1f} actor-s", t.device, random,
+                                   newest.get("producer", {}).get("config"))
         return out
     path = bench_path(bench_file)
     bench = json.loads(path.read_text())
     device = str(bench.get("device", "not recorded"))
     for k, v in bench.items():
         if k.startswith("label_") and k.endswith("_img_per_s") and isinstance(v, (int, float)) and v > 0:
-            out[k[len("label_"):-len("_img_per_s")]] = (float(v), f"benchmark {path.name}", device, False)
+            out[k[len("label_"):-len("_img_per_s")]] = (float(v), f"benchmark {path.name}", device, False, None)
     return out
 
 
@@ -138,8 +157,8 @@ def estimate(images: int, gpus: int, labelers: list[str] | None = None, root: st
         if name not in rates:
             est.missing.append(name)
             continue
-        rate, source, device, random = rates[name]
-        g, c = default_resources(name)
+        rate, source, device, random, config = rates[name]
+        g, c = resources_as_run(name, config)
         if g > 0:
             actors = gpus * max(1, math.floor(1 / g + 1e-9))
         else:
@@ -155,7 +174,8 @@ def estimate(images: int, gpus: int, labelers: list[str] | None = None, root: st
         f"measured rate × {speedup:g} applied unchanged on the target"
         + (" — a CPU measurement overstates GPU time; run a pilot on one GPU node and pass --root"
            if speedup == 1 else ""),
-        "actors per GPU = floor(1 / num_gpus) from each labeler's default_resources; "
+        "actors per GPU = floor(1 / num_gpus) from each labeler's resources as configured"
+        + (" in the pilot" if root else "") + "; "
         f"CPU-only labelers get {cpus_per_gpu} cores per GPU, num_cpus each",
         "linear scaling over actors (no I/O, network or object-store contention)",
         f"labelers run one after another; the {gpus} GPUs are held throughout (GPU-hours = hours × GPUs)",
