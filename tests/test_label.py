@@ -150,6 +150,22 @@ def test_missing_required_input_is_reported_before_running(photo_root):
     assert [sorted({n for u in lvl for n in u.labelers}) for lvl in levels] == [["canny_edge", "metadata"]]
 
 
+def test_a_damaged_shard_fails_its_unit_naming_the_file_and_the_others_commit(fresh_photo_root):
+    from cli_run import cli
+
+    store = DatasetStore(fresh_photo_root)
+    before = store.read_bytes(store.shard_path("canny_edge", 1))
+    path = store.shard_path("rgb", 1)
+    data = store.read_bytes(path)
+    store.fs.pipe_file(path, data[: len(data) // 2])  # damaged since it was committed
+    code, out = cli("label", fresh_photo_root, "-m", "canny_edge,color_palette", "--force", "-q")
+    assert code == 1
+    failed = [ln for ln in out.splitlines() if "FAILED" in ln]
+    assert len(failed) == 1 and "rgb/shard-000001.tar: not a readable tar" in failed[0], out
+    assert sorted(store.ledger("color_palette")) == [0]  # shard 0 labelled all the same
+    assert store.read_bytes(store.shard_path("canny_edge", 1)) == before  # the earlier label stays
+
+
 def test_label_refuses_a_root_without_rgb(tmp_path):
     with pytest.raises(PlanError, match="no committed rgb shards"):
         label(str(tmp_path / "empty"), ["canny_edge"], show_progress=False)

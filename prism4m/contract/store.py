@@ -41,6 +41,10 @@ class UnsafeTarMember(ValueError):
     """A tar member whose name could escape its folder or break key alignment."""
 
 
+class CorruptShard(ValueError):
+    """A shard that is not a readable (gzip'd) tar: truncated, or damaged since it was committed."""
+
+
 def absolute_url(url: str) -> str:
     """A local path as an absolute path; any other fsspec URL unchanged.
 
@@ -168,6 +172,14 @@ def gunzip_bounded(data: bytes, source: str, limit: int = MAX_SHARD_BYTES) -> by
 
 def iter_tar_bytes(data: bytes, source: str = "<tar>") -> Iterator[Member]:
     """Members of a tar held in memory (plain or gzip'd), validated (no links, no paths, KEY.ext names)."""
+    try:
+        yield from _iter_tar_members(data, source)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        # the failure line then names the shard, not just tarfile's "unexpected end of data"
+        raise CorruptShard(f"{source}: not a readable tar ({exc}); truncated or damaged") from None
+
+
+def _iter_tar_members(data: bytes, source: str) -> Iterator[Member]:
     if data[:2] == GZIP_MAGIC:
         data = gunzip_bounded(data, source)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
