@@ -79,7 +79,7 @@ def test_the_api_has_one_function_per_command_with_the_commands_options():
                              "export", "tokens_versions", "tokens_select", "train", "labelers", "run"}
     cli_only = {"quiet", "as_json", "config_file"}  # display switches; label's config file is read into `config`
     renamed = {("label", "config"): "configs", ("report", "tokenizer"): "tokenizers",
-               ("tokenize", "tokenizer"): "tokenizers"}
+               ("tokenize", "tokenizer"): "tokenizers", ("labelers", "name"): "config"}  # NAME: --config's alias
     for name, cmd in commands.items():
         fn = getattr(api, name)
         assert callable(fn) and name in api.__all__, name
