@@ -9,7 +9,8 @@ deliberately simple and every assumption is printed with the numbers:
 - one actor processes `img_per_s` images per second, as measured, times `speedup` (1 unless
   the user says the target device is faster than the one measured on);
 - a labeler asking for `num_gpus` g < 1 (its resources as the pilot's recorded config sets
-  them) packs floor(1 / g) actors on a GPU; CPU-only labelers (g = 0) get `cpus_per_gpu` × G cores, `num_cpus` per actor;
+  them) packs floor(1 / g) actors on a GPU; CPU-only labelers (g = 0) get `cpus_per_gpu` × G
+  cores, `num_cpus` per actor;
 - actors scale linearly (no contention for disks, network or the object store);
 - labelers run one after another and the whole cluster (G GPUs) is held throughout, so
   GPU-hours = hours × G.
@@ -118,7 +119,7 @@ def measured_rates(root: str | None, bench_file: Path | str | None = None,
 
 
 def _measurements(root: str | None, bench_file: Path | str | None = None,
-                  storage_options: dict | None = None) -> dict[str, tuple[float, str, str, bool]]:
+                  storage_options: dict | None = None) -> dict[str, tuple[float, str, str, bool, dict | None]]:
     """labeler → (img_per_s per actor, source description, device, measured with random weights,
     the config it ran with (None from a benchmark file))."""
     out: dict[str, tuple[float, str, str, bool, dict | None]] = {}
