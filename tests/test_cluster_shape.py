@@ -87,8 +87,11 @@ def test_units_spread_over_nodes_and_survive_a_node_crash(photo_corpus, tmp_path
     root = str(tmp_path / "ds")
     res = run_driver(DRIVER, [str(photo_corpus), root], tmp_path)
 
-    # Units spread over both worker nodes (the head has no CPU, each node fits one actor).
-    assert res["ingest_ok"] and res["ingest_nodes"] == ["a", "b"], res
+    # Ingest units run on the worker nodes (the head has no CPU). Whether both nodes get some
+    # depends on which actor starts first: a ready actor never waits for a slow starter, and
+    # 8 tiny units can all be done before the other one is up (seen once on a loaded box).
+    # The label run below, at 1 s a unit, checks that units spread over the nodes.
+    assert res["ingest_ok"] and res["ingest_nodes"] and set(res["ingest_nodes"]) <= {"a", "b"}, res
     # The node went away mid-run: after the first commit, before the last.
     n = res["n_shards"]
     assert 1 <= res["removal"]["committed_before"] < n, res["removal"]
