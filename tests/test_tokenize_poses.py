@@ -95,6 +95,25 @@ def tokenized_root(poses_root, pose_tokenizer, tmp_path_factory) -> str:
     return tokenized_copy(poses_root, str(tmp_path_factory.mktemp("poses_tok") / "ds"), pose_tokenizer, FOLDER)
 
 
+def test_a_root_without_people_where_training_needs_them_is_a_one_line_error(photo_root, tmp_path):
+    """No person in the held-out (last) shard, then none at all: a UserError naming the folder
+    and shards, not numpy's "need at least one array to concatenate" after training."""
+    from prism4m.errors import UserError
+
+    last_empty = labelled_copy(photo_root, str(tmp_path / "a"), "human_poses",
+                               lambda key, h, w: json.dumps(poses_record(key, h, w)).encode())
+    store = DatasetStore(last_empty)
+    last = max(store.ledger("human_poses"))
+    assert last > 0  # a held-out shard of its own
+    keys = [m.key for m in store.read_shard("human_poses", last)]
+    commit_labels(store, last, "human_poses", {k: b"{}" for k in keys})  # nobody in the last shard
+    with pytest.raises(UserError, match=rf"human_poses has no person in the held-out shard\(s\) \[{last}\]"):
+        train_tokenizer(last_empty, "human_poses", str(tmp_path / "tok_a"), {**TRAIN, "steps": 1}, progress=False)
+    nobody = labelled_copy(photo_root, str(tmp_path / "b"), "human_poses", lambda key, h, w: b"{}")
+    with pytest.raises(UserError, match=r"human_poses has no person in shard\(s\) \[0"):
+        train_tokenizer(nobody, "human_poses", str(tmp_path / "tok_b"), {**TRAIN, "steps": 1}, progress=False)
+
+
 def test_card_is_an_8_token_pose_tokenizer_with_held_out_error(pose_tokenizer):
     card = json.loads(open(f"{pose_tokenizer}/card.json").read())
     assert card["type"] == "mlp_pose" and card["modality"] == "human_poses" and card["token_folder"] == FOLDER

@@ -129,6 +129,21 @@ def test_main_reads_a_yaml_config(token_root, tmp_path, capsys):
     assert main(str(path)) == 1
 
 
+def test_config_mistakes_are_one_line_errors_naming_the_setting(token_root, tmp_path):
+    from prism4m.trainer.build import Setup
+    from prism4m.trainer.config import validate_config
+
+    root, tok = token_root
+    no_tokenizer = validate_config(config(root, tok, tmp_path / "a", data__text_tokenizer=None))
+    with pytest.raises(UserError, match=r"data\.text_tokenizer is not set.*text sequences \(caption\)"):
+        Setup(no_tokenizer)
+    # raw pose labels: their boxes are in pixels of an image size only human_poses@tok holds
+    cfg = config(root, tok, tmp_path / "b")
+    cfg["data"]["modalities"] = [*cfg["data"]["modalities"], "human_poses"]
+    with pytest.raises(UserError, match=r"data\.modalities: human_poses: .*list human_poses@tok"):
+        Setup(validate_config(cfg))
+
+
 def test_registry_reads_tokenizer_cards_from_the_manifest_and_config_overrides_win(tmp_path):
     (tmp_path / "prism4m.json").write_text(json.dumps({
         "modalities": {"tok_depth@224": {"tokenizer_card": {"type": "vq", "vocab_size": 1024, "token_grid": [7, 7]}}}

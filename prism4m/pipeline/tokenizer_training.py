@@ -298,6 +298,13 @@ def _train_neural(store: DatasetStore, modality: str, out_dir: str, cfg: Tokeniz
     train_part, held_part = _holdout_slices(store, spec, train_shards, held_shards, cfg.held_out_fraction)
     x_train, n_train_samples = collect_crops(store, spec, train_shards, cfg.input_size, cfg.max_train_crops, train_part)
     x_held, n_held_samples = collect_crops(store, spec, held_shards, cfg.input_size, cfg.max_eval_crops, held_part)
+    # A small root can hold no person (instance) at all, or none in the held-out shard.
+    what = {"pose": "person", "instances": "instance"}.get(spec.kind, "valid sample")
+    for x, shards, role in ((x_train, train_shards, "train on"), (x_held, held_shards, "measure it on")):
+        if len(x) == 0:
+            where = "the held-out " if role == "measure it on" and held_shards != train_shards else ""
+            raise UserError(f"{store.url}: {spec.folder} has no {what} in {where}shard(s) {shards} to {role}"
+                            f" (the last shard is held out); label more images first")
     channels = x_train.shape[1] if spec.kind != "classes" else 1
     torch.manual_seed(cfg.seed)
     tok = _build(spec, cfg, channels)

@@ -33,6 +33,11 @@ class Setup:
         tokenizer = load_text_tokenizer(d.text_tokenizer)
         overrides = {m: dict(v) for m, v in cfg.modality_overrides.items()}
         folders_guess = [overrides.get(m, {}).get("folder", m) for m in d.modalities]
+        raw_poses = [m for m, f in zip(d.modalities, folders_guess) if f == "human_poses"]
+        if raw_poses:  # its boxes are in pixels of an image size the label does not hold
+            raise UserError(f"data.modalities: {raw_poses[0]}: the trainer reads poses from human_poses@tok (the "
+                            f"labels plus the rgb size and each person's pose tokens): run `prism4m tokenizer train "
+                            f"ROOT -m human_poses -o DIR` and `prism4m tokenize ROOT -t DIR`, then list human_poses@tok")
         with_crops = folders_guess + [CROP_FOLDER]
         try:
             sources = discover_shards(d.root, with_crops, d.layout)
@@ -41,6 +46,11 @@ class Setup:
         registry = build_registry(
             d.modalities, d.root, overrides, peek_num_tokens=lambda folder: peek_num_tokens(sources, folder)
         )
+        sequences = [name for name, spec in registry.items() if spec.is_sequence]
+        if sequences and tokenizer is None:
+            raise UserError(f"data.text_tokenizer is not set, and data.modalities has text sequences "
+                            f"({', '.join(sequences)}): set it to a WordPiece tokenizer directory (its "
+                            f"tokenizer.json), e.g. what `prism4m tokenizer train ROOT -m text -o DIR` writes")
         for name, spec in registry.items():  # the tokenizer fixes sequence vocabularies
             if spec.is_sequence and tokenizer is not None and "vocab_size" not in overrides.get(name, {}):
                 registry[name] = with_overrides(spec, vocab_size=tokenizer.get_vocab_size())
