@@ -78,6 +78,17 @@ def test_rerun_in_same_out_dir_continues_from_latest_checkpoint(token_root, tmp_
     assert [h["step"] for h in again["history"]] == [4, 5]
 
 
+def test_rerun_of_another_model_in_the_same_out_dir_names_what_changed(token_root, tmp_path):
+    root, tok = token_root
+    train(config(root, tok, tmp_path, steps=2))
+    fewer = config(root, tok, tmp_path, steps=3)
+    fewer["data"]["modalities"] = fewer["data"]["modalities"][:2]  # caption dropped
+    with pytest.raises(UserError, match=r"latest\.pt: a checkpoint of another model \(data\.modalities was .*caption"
+                                        r".*resume: false"):
+        train(fewer)
+    assert [h["step"] for h in train({**fewer, "resume": False})["history"]][-1] == 3  # starts over, as told
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from prism4m.errors import UserError
+
 from .data import TokenLoader
 from .distributed import Dist
 
@@ -58,6 +60,29 @@ def _exists(path: str) -> bool:
     return fs.exists(p)
 
 
+#: the settings that shape the model: a checkpoint made under others cannot be resumed
+MODEL_SETTINGS = (("data", "modalities"), ("model", None), ("modality_overrides", None))
+
+
+def _model_changes(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) -> str:
+    if not saved:
+        return ""
+    changed = []
+    for section, key in MODEL_SETTINGS:
+        old, new = saved.get(section, {}), current.get(section, {})
+        if key is not None:
+            old, new = old.get(key), new.get(key)
+        if old != new:
+            name = f"{section}.{key}" if key else section
+            changed.append(f"{name} was {old} and is {new}" if key else f"{name} changed")
+    return "; ".join(changed) + ": " if changed else ""
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return " ".join(lines[:2])[:300]
+
+
 class Checkpoints:
     """Saves and restores one run's training state under ``out_dir/checkpoints``."""
 
@@ -75,7 +100,12 @@ class Checkpoints:
     def load(self, path: str) -> int:
         """Restore the state saved at ``path``; returns its step."""
         state = load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:  # another model: say which settings made it so, in one line
+            raise UserError(f"{path}: a checkpoint of another model ({_model_changes(state.get('config'), self.config)}"
+                            f"{_first_line(exc)}); give this run a new out_dir, or set resume: false to start "
+                            f"it over here") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         loader = state["loader"]
