@@ -194,6 +194,26 @@ def test_parquet_export_matches_the_shards(tokenized_root, tmp_path):
             assert np.array_equal(np.array(table.column("crop_settings")[i].as_py()), np.load(io.BytesIO(c.data)))
 
 
+def test_parquet_export_of_a_root_with_an_empty_shard(tmp_path, ray_session):
+    """A shard whose every input file was refused is committed empty (indices stay contiguous);
+    export writes its part with no rows instead of failing on an untyped null mask."""
+    from PIL import Image
+
+    from prism4m.pipeline.ingest import ingest
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, colour in (("a", (40, 90, 200)), ("b", (200, 90, 40))):  # two different images
+        Image.new("RGB", (96, 80), colour).save(corpus / f"{name}.jpg")
+    (corpus / "c.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # alone in the second shard
+    root = str(tmp_path / "ds")
+    ingest(str(corpus), root, shard_size=2, short_side=64, n_crops=1, show_progress=False)
+    assert {i: r["n_samples"] for i, r in DatasetStore(root).ledger("rgb").items()} == {0: 2, 1: 0}
+    summary = export_parquet(root, str(tmp_path / "export"))
+    assert summary["rows"] == 2
+    assert pq.read_table(tmp_path / "export" / "part-000001.parquet").num_rows == 0
+
+
 def test_token_shards_are_gzipped_tars_that_webdataset_reads(tokenized_root, tokenizers, tmp_path):
     """Default compression: smaller than the raw int16 tokens, still read by ml-4m's loader
     (webdataset) under the .tar name; compression=None writes plain tars with the same tokens."""

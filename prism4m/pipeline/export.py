@@ -52,7 +52,7 @@ def _nested_ints(arrays: list[np.ndarray | None], dtype: pa.DataType, np_dtype) 
         valid.append(True)
     values = pa.array(np.concatenate(flat) if flat else np.zeros(0, np_dtype), type=dtype)
     inner_arr = pa.ListArray.from_arrays(pa.array(inner, pa.int32()), values)
-    mask = pa.array([not v for v in valid])
+    mask = pa.array([not v for v in valid], pa.bool_())  # typed: an empty shard has no values to infer from
     return pa.ListArray.from_arrays(pa.array(outer, pa.int32()), inner_arr, mask=mask)
 
 
