@@ -169,6 +169,11 @@ USER_ERRORS = {
     "ingest into file": (["ingest", "{SRC}", "{FILE}"], ["{FILE}: is a file"]),
     "tokenize file": (["tokenize", "{FILE}", "-t", "{TMP}/tok"], ["{FILE}: is a file"]),
     "export file": (["export", "{FILE}"], ["{FILE}: is a file"]),
+    # a root that is none (a typo, or the corpus folder) is said so, not shown as "0 rgb shards"
+    "status no root": (["status", "{TMP}/no_such_root"], ["{TMP}/no_such_root: not a prism4m dataset root",
+                                                          "no such directory"]),
+    "status --json not a root": (["status", "{SRC}", "--json"], ["{SRC}: not a prism4m dataset root", "prism4m ingest"]),
+    "report no root": (["report", "{TMP}/no_such_root", "-o", "{TMP}/report"], ["not a prism4m dataset root"]),
     # paths and job files
     "missing source": (["ingest", "{TMP}/no_such_source", "{TMP}/ds"], ["{TMP}/no_such_source"]),
     "missing job": (["run", "{TMP}/no_such_job.yaml"], ["{TMP}/no_such_job.yaml", "no such file"]),
@@ -185,6 +190,8 @@ def test_a_user_mistake_is_one_line_naming_it_and_exit_code_2(case, paths):
     _one_line_error(result, *(f.format(**paths) for f in fragments))
     if case == "ingest into file":
         assert Path(paths["FILE"]).read_text() == "not a dataset root\n"
+    if case == "report no root":
+        assert not Path(paths["TMP"], "report").exists()  # nothing written for a root that is none
 
 
 def test_ray_address_without_a_cluster_is_one_line(errorful_root, monkeypatch):

@@ -233,6 +233,10 @@ class DatasetStore:
     def exists(self, path: str) -> bool:
         return self.fs.exists(path)
 
+    def looks_like_root(self) -> bool:
+        """Whether anything prism4m writes is here: a ledger, a manifest or an ingest plan."""
+        return any(self.exists(self.p(marker)) for marker in (LEDGER_DIR, MANIFEST, "_plan"))
+
     def read_bytes(self, path: str) -> bytes:
         return self.fs.cat_file(path)
 

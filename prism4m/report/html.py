@@ -135,6 +135,7 @@ def build_report(root: str, out_dir: str | Path, n_samples: int = 16, tokenizers
     from prism4m.report.status import dataset_status, format_status
 
     store = DatasetStore(root, storage_options)
+    status = dataset_status(root, storage_options)  # first: a root that is none writes nothing
     out = Path(out_dir)
     assets = out / "assets"
     if assets.exists():
@@ -152,7 +153,6 @@ def build_report(root: str, out_dir: str | Path, n_samples: int = 16, tokenizers
     reason_of = {(f, e.get("key")): e for f, lines in errors.items() for e in lines}
 
     parts: list[str] = []
-    status = dataset_status(root, storage_options)
     parts.append(_overview(store, status, format_status, dataset_samples, folders, random_folders))
     parts.append(_gallery(store, ledgers, folders, n_samples, seed, tokenizers or [], assets,
                           reason_of, set(random_folders)))

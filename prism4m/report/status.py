@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from prism4m.contract.modalities import FOURM21_IN_DOMAIN
 from prism4m.contract.producers import is_stale, recorded_producers
 from prism4m.contract.store import DatasetStore
+from prism4m.errors import UserError
 
 
 @dataclass
@@ -91,6 +92,9 @@ def _counts(counter: Counter) -> dict[str, int]:
 def dataset_status(root: str, storage_options: dict | None = None) -> DatasetStatus:
     store = DatasetStore(root, storage_options)
     ledgers = {f: store.ledger(f) for f in store.ledger_folders()}
+    if not ledgers and not store.looks_like_root():  # a typo should not read as "0 rgb shards"
+        what = "no _ledger/ or prism4m.json in it" if store.exists(store.path) else "no such directory"
+        raise UserError(f"{store.url}: not a prism4m dataset root ({what}); make one with `prism4m ingest SOURCE ROOT`")
     rgb = ledgers.get("rgb", {})
     recorded = recorded_producers(store)
     first = ("rgb", "source", "crop_settings")
