@@ -82,7 +82,7 @@ def root_argument(help: str = "dataset root (local or s3://…)"):
 
 
 RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster address ('auto' on a cluster); default: local Ray")
-WORKERS = typer.Option(None, "--workers", "-w", help="actors per stage (default: as many as the cluster fits)")
+WORKERS = typer.Option(None, "--workers", "-w", min=1, help="actors per stage (default: as many as the cluster fits)")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress lines")
 STORAGE = typer.Option(None, "--storage-options", help='fsspec options of ROOT as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'')
 RETRIES = typer.Option(2, "--max-retries", help="attempts after the first for a failed or lost unit")
@@ -259,7 +259,7 @@ def estimate(
     gpus: int = typer.Option(..., "--gpus", min=1, help="GPUs available"),
     labelers: Optional[str] = typer.Option(None, "--labelers", help="comma-separated (default: all measured)"),
     root: Optional[str] = typer.Option(None, "--root", help="measure throughput from this root's ledger (a pilot run)"),
-    cpus_per_gpu: int = typer.Option(8, "--cpus-per-gpu", help="CPU cores per GPU for CPU-only labelers"),
+    cpus_per_gpu: int = typer.Option(8, "--cpus-per-gpu", min=1, help="CPU cores per GPU for CPU-only labelers"),
     speedup: float = typer.Option(1.0, "--speedup", help="assumed GPU speedup over the measured device"),
     bench: Optional[str] = typer.Option(None, "--bench", metavar="FILE",
                                         help="without --root: the benchmark JSON `make bench` writes "
@@ -305,10 +305,10 @@ def tokenize(
     tokenizer: list[str] = typer.Option(..., "--tokenizer", "-t", help="tokenizer directory (repeatable); or an ml-4m published tokenizer: its directory (config.json + model.safetensors), hub id, or NAME[:OPTION]=DIR (docs/DATASET.md)"),
     workers: Optional[int] = WORKERS,
     force: bool = typer.Option(False, help="re-tokenize committed shards"),
-    batch_size: int = typer.Option(64, help="crops per encoder forward"),
+    batch_size: int = typer.Option(64, min=1, help="crops per encoder forward"),
     compression: str = typer.Option("gzip", help="token shards: gzip (a gzip'd tar under the usual .tar name; "
                                                  "tarfile, GNU tar and webdataset/ml-4m detect it) or none"),
-    num_gpus: float = typer.Option(0.0, "--num-gpus", help="GPU fraction per actor: encoders run on CUDA and the "
+    num_gpus: float = typer.Option(0.0, "--num-gpus", min=0.0, help="GPU fraction per actor: encoders run on CUDA and the "
                                                            "next samples are decoded while they encode"),
     ray_address: Optional[str] = RAY_ADDRESS,
     storage_options: Optional[str] = STORAGE,

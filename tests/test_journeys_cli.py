@@ -174,6 +174,11 @@ USER_ERRORS = {
                                                           "no such directory"]),
     "status --json not a root": (["status", "{SRC}", "--json"], ["{SRC}: not a prism4m dataset root", "prism4m ingest"]),
     "report no root": (["report", "{TMP}/no_such_root", "-o", "{TMP}/report"], ["not a prism4m dataset root"]),
+    # numbers out of their range
+    "workers 0": (["label", "{ROOT}", "-m", "canny_edge", "-w", "0"], ["--workers", "greater than or equal to 1"]),
+    "tokenize batch 0": (["tokenize", "{ROOT}", "-t", "{TMP}/tok", "--batch-size", "0"], ["--batch-size"]),
+    "estimate speedup 0": (["estimate", "--images", "10", "--gpus", "1", "--root", "{ROOT}", "--speedup", "0"],
+                           ["--speedup must be above 0 (given 0)"]),
     # paths and job files
     "missing source": (["ingest", "{TMP}/no_such_source", "{TMP}/ds"], ["{TMP}/no_such_source"]),
     "missing job": (["run", "{TMP}/no_such_job.yaml"], ["{TMP}/no_such_job.yaml", "no such file"]),

@@ -151,6 +151,10 @@ def estimate(images: int, gpus: int, labelers: list[str] | None = None, root: st
              storage_options: dict | None = None) -> Estimate:
     if images < 0 or gpus < 1:
         raise ValueError("estimate needs --images >= 0 and --gpus >= 1")
+    if not speedup > 0:
+        raise UserError(f"estimate: --speedup must be above 0 (given {speedup:g})")
+    if cpus_per_gpu < 1:
+        raise UserError(f"estimate: --cpus-per-gpu must be at least 1 (given {cpus_per_gpu})")
     rates = _measurements(root, bench_file, storage_options)
     names = list(labelers) if labelers else sorted(rates)
     est = Estimate(images, gpus, [])
