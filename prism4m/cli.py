@@ -286,7 +286,7 @@ def tokenizer_train(
                                  help="rgb, depth, normal, canny_edge, sam_edge, semseg_coco, clip, dinov2, imagebind, "
                                       "clip_global, dinov2_global, imagebind_global, sam_instance, "
                                       "human_poses or text"),
-    out: str = typer.Option(..., "--out", "-o", help="tokenizer directory to write (resumed if it exists)"),
+    out: str = typer.Option(..., "--out", "-o", help="tokenizer directory to write (an interrupted run of the same settings resumes; a finished tokenizer of other data or settings is refused)"),
     settings: list[str] = typer.Option([], "--set", "-s", help="TrainConfig KEY=VALUE, e.g. max_seconds=60 size=tiny"),
     storage_options: Optional[str] = STORAGE,
     quiet: bool = QUIET,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -75,6 +76,18 @@ def test_training_resumes_and_a_finished_run_is_reused(photo_root, tmp_path):
     # more steps: continues from the step-1 checkpoint (another config hash, same weights start)
     state = json.loads(open(f"{out}/_checkpoint/state.json").read())
     assert state["step"] == 1
+
+
+def test_a_finished_tokenizer_is_never_trained_over(tokenizers, photo_root, tmp_path):
+    """Another modality or other settings into a finished tokenizer's directory are refused:
+    its weights are what tokens made with it (kept versions included) decode with."""
+    from prism4m.errors import UserError
+
+    before = {p.name: p.read_bytes() for p in Path(tokenizers["edge"]).iterdir() if p.is_file()}
+    for modality, settings in (("rgb", TINY), ("canny_edge", {**TINY, "seed": 7}), ("text", {})):
+        with pytest.raises(UserError, match=r"holds a finished canny_edge tokenizer .*choose another --out"):
+            train_tokenizer(photo_root, modality, tokenizers["edge"], settings, progress=False)
+    assert {p.name: p.read_bytes() for p in Path(tokenizers["edge"]).iterdir() if p.is_file()} == before
 
 
 def test_tokens_are_aligned_int16_and_match_in_process_encoding(tokenized_root, tokenizers):

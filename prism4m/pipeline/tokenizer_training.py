@@ -248,11 +248,18 @@ def _load_checkpoint(out_dir: str, tok: NeuralTokenizer, opt, chash: str) -> tup
 
 
 def _finished_card(out_dir: str, chash: str) -> TokenizerCard | None:
+    """The finished tokenizer in ``out_dir`` when it was trained exactly so (a rerun returns it),
+    None when there is none. One trained on other data or settings is refused: training over it
+    would lose the weights that tokens already made with it need (a kept token version, say)."""
     try:
         card = read_card(out_dir)
     except (FileNotFoundError, OSError):
         return None
-    return card if card.training.get("config_hash") == chash else None
+    if card.training.get("config_hash") == chash:
+        return card
+    raise UserError(f"--out {out_dir}: holds a finished {card.modality} tokenizer (card {card.card_hash()[:8]}, "
+                    f"{card.created_at or 'undated'}) trained on other data or settings; tokens made with it need "
+                    f"it: choose another --out, or delete that directory to retrain there")
 
 
 # ---------------------------------------------------------------------------------- entry point
