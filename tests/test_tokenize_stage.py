@@ -90,6 +90,35 @@ def test_a_finished_tokenizer_is_never_trained_over(tokenizers, photo_root, tmp_
     assert {p.name: p.read_bytes() for p in Path(tokenizers["edge"]).iterdir() if p.is_file()} == before
 
 
+def test_a_tokenizer_trained_before_the_root_grew_is_kept_as_it_is(photo_root, tmp_path, capsys):
+    """Same modality, root and settings, more shards: rerunning training (a job spec rerun after
+    the corpus grew) keeps the tokenizer, so its tokens stay current, and says how to retrain."""
+    import numpy as np
+    from PIL import Image
+
+    from prism4m.pipeline.ingest import ingest
+    from prism4m.pipeline.label import label
+
+    root = str(tmp_path / "ds")
+    shutil.copytree(photo_root, root)
+    out = str(tmp_path / "tok")
+    first = train_tokenizer(root, "canny_edge", out, TINY, progress=False)
+    more = tmp_path / "more"
+    more.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(more / f"new{i}.jpg")
+    ingest(str(more), root, show_progress=False)  # the root's own settings
+    label(root, ["canny_edge"], show_progress=False)
+    n_train = len(DatasetStore(root).ledger("canny_edge")) - 1  # the last shard is held out
+    assert n_train > len(first.training["train_shards"])
+    capsys.readouterr()
+    again = train_tokenizer(root, "canny_edge", out, TINY, progress=False)
+    assert again.created_at == first.created_at and again.card_hash() == first.card_hash()
+    assert f"was trained on {len(first.training['train_shards'])} of the {n_train} training shards" \
+        in capsys.readouterr().err
+
+
 def test_tokens_are_aligned_int16_and_match_in_process_encoding(tokenized_root, tokenizers):
     store = DatasetStore(tokenized_root)
     tok = load_tokenizer(tokenizers["edge"])

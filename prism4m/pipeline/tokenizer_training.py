@@ -26,7 +26,7 @@ import json
 import posixpath
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 import numpy as np
@@ -247,15 +247,30 @@ def _load_checkpoint(out_dir: str, tok: NeuralTokenizer, opt, chash: str) -> tup
     return int(state["step"]), float(state["elapsed"])
 
 
-def _finished_card(out_dir: str, chash: str) -> TokenizerCard | None:
-    """The finished tokenizer in ``out_dir`` when it was trained exactly so (a rerun returns it),
-    None when there is none. One trained on other data or settings is refused: training over it
-    would lose the weights that tokens already made with it need (a kept token version, say)."""
+def _finished_card(out_dir: str, training_hash: Callable[[list[int]], str], train_shards: list[int]
+                   ) -> TokenizerCard | None:
+    """The finished tokenizer in ``out_dir`` when this run would train it again, else None when
+    there is none. ``training_hash(shards)`` is this run's config hash on those training shards.
+
+    - trained exactly so: returned (a rerun is a no-op);
+    - the same tokenizer trained before the root grew (same modality, root and settings, fewer
+      shards): returned as it is, with a warning. Tokens made with it stay current; retraining
+      would change every token of the root;
+    - anything else (another modality, root or settings) is refused: training over it would lose
+      the weights that tokens already made with it decode with (a kept token version, say).
+    """
     try:
         card = read_card(out_dir)
     except (FileNotFoundError, OSError):
         return None
-    if card.training.get("config_hash") == chash:
+    made = card.training.get("config_hash")
+    if made == training_hash(train_shards):
+        return card
+    earlier = list(card.training.get("train_shards") or [])
+    if earlier and set(earlier) < set(train_shards) and made == training_hash(earlier):
+        print(f"warning: tokenizer {out_dir} was trained on {len(earlier)} of the {len(train_shards)} training "
+              f"shards this root has now; it is kept as it is (tokens made with it stay current): delete it to "
+              f"retrain on all", file=sys.stderr, flush=True)
         return card
     raise UserError(f"--out {out_dir}: holds a finished {card.modality} tokenizer (card {card.card_hash()[:8]}, "
                     f"{card.created_at or 'undated'}) trained on other data or settings; tokens made with it need "
@@ -296,9 +311,12 @@ def _train_neural(store: DatasetStore, modality: str, out_dir: str, cfg: Tokeniz
     spec = get_spec(modality)
     check_settings(spec, cfg)
     train_shards, held_shards = _split_shards(store, spec.folder)
-    chash = config_hash({"modality": modality, "root": store.url, "train": train_shards,
-                         **cfg.model_dump(exclude={"checkpoint_every_s"})})
-    done = _finished_card(out_dir, chash)
+    def training_hash(shards: list[int]) -> str:
+        return config_hash({"modality": modality, "root": store.url, "train": shards,
+                            **cfg.model_dump(exclude={"checkpoint_every_s"})})
+
+    chash = training_hash(train_shards)
+    done = _finished_card(out_dir, training_hash, train_shards)
     if done is not None:
         return done
 
@@ -409,9 +427,12 @@ def _train_text(store: DatasetStore, out_dir: str, cfg: TokenizerTrainConfig) ->
     shards = sorted(set().union(*(store.ledger(f) for f in text_folders(store))))
     held = shards[-1:] if len(shards) > 1 else []
     train = [s for s in shards if s not in held]
-    chash = config_hash({"modality": "text", "root": store.url, "train": train, "vocab_size": cfg.vocab_size,
-                         "min_frequency": cfg.min_frequency})
-    done = _finished_card(out_dir, chash)
+    def training_hash(shards: list[int]) -> str:
+        return config_hash({"modality": "text", "root": store.url, "train": shards, "vocab_size": cfg.vocab_size,
+                            "min_frequency": cfg.min_frequency})
+
+    chash = training_hash(train)
+    done = _finished_card(out_dir, training_hash, train)
     if done is not None:
         return done
     texts = collect_texts(store, train)
