@@ -216,6 +216,9 @@ def label(
     for name, kv in parse_overrides(config).items():
         configs.setdefault(name, {}).update(kv)
     mods = [m.strip() for m in modalities.split(",") if m.strip()]
+    if not mods:
+        raise UserError(f"--modalities {modalities!r}: no labeler named; e.g. -m canny_edge,color_palette "
+                        f"(`prism4m labelers` lists them)")
     summary = api.label(root, mods, configs, workers=workers, force=force, update_stale=update_stale,
                         retry_invalid=retry_invalid, overwrite_owned=overwrite_owned, ray_address=ray_address,
                         show_progress=not quiet, max_retries=max_retries,

@@ -159,6 +159,7 @@ USER_ERRORS = {
     "config value": (["label", "{ROOT}", "-m", "canny_edge", "-c", "canny_edge.low=abc"],
                      ["canny_edge.low:", "(given 'abc')"]),
     "unknown labeler": (["label", "{ROOT}", "-m", "no_such_labeler"], ["unknown labeler 'no_such_labeler'"]),
+    "no labeler": (["label", "{ROOT}", "-m", " , "], ["--modalities ' , ': no labeler named"]),
     "config file YAML": (["label", "{ROOT}", "-m", "canny_edge", "--config-file", "{TMP}/bad.yaml"],
                          ["bad.yaml: not valid YAML", "line 2"]),
     "labelers --config": (["labelers", "--config", "no_such_labeler"], ["unknown labeler 'no_such_labeler'"]),
