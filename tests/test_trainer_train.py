@@ -148,6 +148,9 @@ def test_config_mistakes_are_one_line_errors_naming_the_setting(token_root, tmp_
     no_tokenizer = validate_config(config(root, tok, tmp_path / "a", data__text_tokenizer=None))
     with pytest.raises(UserError, match=r"data\.text_tokenizer is not set.*text sequences \(caption\)"):
         Setup(no_tokenizer)
+    # a held-out shard the root does not have: training would silently never evaluate
+    with pytest.raises(UserError, match=r"data\.eval_shards: \[9\] not among the shards .* \(0-3\)"):
+        Setup(validate_config(config(root, tok, tmp_path / "c", data__eval_shards=[3, 9])))
     # raw pose labels: their boxes are in pixels of an image size only human_poses@tok holds
     cfg = config(root, tok, tmp_path / "b")
     cfg["data"]["modalities"] = [*cfg["data"]["modalities"], "human_poses"]

@@ -18,6 +18,17 @@ from .sequences import load_text_tokenizer, text_tokenizer_card
 from .shards import discover_shards, peek_num_tokens, random_weight_folders
 
 
+def _ranges(indices: list[int]) -> str:
+    """0-5, 8, 10-11: shard indices, compactly."""
+    parts: list[str] = []
+    for i in indices:
+        if parts and i == parts[-1][1] + 1:
+            parts[-1][1] = i
+        else:
+            parts.append([i, i])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in parts) or "none"
+
+
 def build_components(cfg: MaskingConfig, names: list[str]) -> list[AlphaComponent]:
     if cfg.components:
         return [AlphaComponent(**c) for c in cfg.components]
@@ -56,6 +67,10 @@ class Setup:
                 registry[name] = with_overrides(spec, vocab_size=tokenizer.get_vocab_size())
         self.registry: dict[str, TrainModality] = registry
         eval_set = set(d.eval_shards)
+        unknown = sorted(eval_set - {s.index for s in sources})
+        if unknown and not d.eval_root:  # a typo would silently train without evaluating
+            raise UserError(f"data.eval_shards: {unknown} not among the shards committed in every folder of "
+                            f"{d.root} ({_ranges(sorted(s.index for s in sources))})")
         self.train_sources = [s for s in sources if s.index not in eval_set]
         if d.eval_root:
             self.eval_sources = discover_shards(d.eval_root, list(sources[0].urls), d.layout)
