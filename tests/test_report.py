@@ -329,7 +329,7 @@ def test_feature_maps_are_factorised_as_the_tokenizers_do():
     assert panel.image.size == (max(w * 12, 96), max(h * 12, 96))
 
 
-def test_tokenizer_reconstructions(report, tmp_path):
+def test_tokenizer_reconstructions(report, tmp_path, capsys):
     """A tiny (untrained) VQ tokenizer of canny_edge: reconstructions appear beside the labels."""
     pytest.importorskip("torch")
     try:
@@ -367,3 +367,14 @@ def test_tokenizer_reconstructions(report, tmp_path):
     assert img.shape[0] == 64 and img.shape[1] == 2 * 64 + 4  # input crop | reconstruction
     assert "16 tokens" in page and "PSNR" in page
     assert "nowhere: not loaded" in page
+    assert "warning: tokenizer " in capsys.readouterr().err  # and said where the user looks
+
+
+def test_report_into_the_dataset_root_is_refused(report):
+    from prism4m.errors import UserError
+    from prism4m.report.html import build_report
+
+    _, _, root, _ = report
+    with pytest.raises(UserError, match="that is the dataset root"):
+        build_report(root, root, n_samples=1)
+    assert not (Path(root) / "index.html").exists() and not (Path(root) / "assets").exists()

@@ -24,6 +24,7 @@ import io
 import json
 import re
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 from statistics import median
@@ -34,6 +35,7 @@ from PIL import Image
 from prism4m.contract.members import decode_npy
 from prism4m.contract.modalities import MODALITIES
 from prism4m.contract.store import DatasetStore, Member
+from prism4m.errors import UserError
 from prism4m.report.charts import bar_chart
 from prism4m.report.recon import load_tokenizers, reconstruct
 from prism4m.report.render import Panel, SampleContext, render_member
@@ -137,6 +139,9 @@ def build_report(root: str, out_dir: str | Path, n_samples: int = 16, tokenizers
     store = DatasetStore(root, storage_options)
     status = dataset_status(root, storage_options)  # first: a root that is none writes nothing
     out = Path(out_dir)
+    if store.url == str(out.resolve()):
+        raise UserError(f"-o {out_dir}: that is the dataset root; the report (index.html, assets/) goes in a "
+                        f"directory of its own")
     assets = out / "assets"
     if assets.exists():
         shutil.rmtree(assets)  # only our own asset folder: stale images must not linger
@@ -184,6 +189,8 @@ def _overview(store, status, format_status, dataset_samples, folders, random_fol
 
 def _gallery(store, ledgers, folders, n, seed, tok_dirs, assets, reason_of, random_folders) -> str:
     toks, notes = load_tokenizers(tok_dirs) if tok_dirs else ([], [])
+    for note in notes:  # in the report too; said here so that a mistyped -t is not missed
+        print(f"warning: {note}", file=sys.stderr, flush=True)
     picks = pick_samples(ledgers.get("rgb", {}), n, seed)
     shards = _Shards(store, ledgers, picks)
     rows = []
