@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 
-from prism4m.contract.store import DatasetStore, content_hash, producer_hash
+from prism4m.contract.store import PLAN_DIR, DatasetStore, content_hash, producer_hash
 
-PRODUCERS_PATH = "_plan/producers.json"
+PRODUCERS_PATH = f"{PLAN_DIR}/producers.json"
 
 
 def recorded_producers(store: DatasetStore) -> dict[str, dict]:

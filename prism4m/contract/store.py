@@ -31,6 +31,7 @@ SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.(tar|json|jsonl)$")
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 MANIFEST = "prism4m.json"
 LEDGER_DIR = "_ledger"
+PLAN_DIR = "_plan"  # what a root plans and records beside its data (ingest plan, producers)
 ERRORS_DIR = "_errors"
 TMP_DIR = "_tmp"
 FORMAT_VERSION = "prism4m/1"
@@ -235,7 +236,7 @@ class DatasetStore:
 
     def looks_like_root(self) -> bool:
         """Whether anything prism4m writes is here: a ledger, a manifest or an ingest plan."""
-        return any(self.exists(self.p(marker)) for marker in (LEDGER_DIR, MANIFEST, "_plan"))
+        return any(self.exists(self.p(marker)) for marker in (LEDGER_DIR, MANIFEST, PLAN_DIR))
 
     def read_bytes(self, path: str) -> bytes:
         return self.fs.cat_file(path)

@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
-from prism4m.contract.store import DatasetStore
+from prism4m.contract.store import PLAN_DIR, DatasetStore
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from prism4m.pipeline.ingest_settings import IngestConfig
 
-PLAN_PATH = "_plan/ingest.parquet"
+PLAN_PATH = f"{PLAN_DIR}/ingest.parquet"
 PLAN_ROW_GROUP = 2048  # shards grow along the plan's rows: small row groups let a worker read just its own
 
 

@@ -17,9 +17,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prism4m.errors import UserError, describe_validation_error
-from prism4m.contract.store import DatasetStore
+from prism4m.contract.store import PLAN_DIR, DatasetStore
 
-SETTINGS_PATH = "_plan/ingest_settings.json"
+SETTINGS_PATH = f"{PLAN_DIR}/ingest_settings.json"
 
 
 class IngestConfig(BaseModel):
