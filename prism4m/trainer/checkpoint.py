@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from prism4m.errors import UserError
+from prism4m.errors import UserError, one_line
 
 from .data import TokenLoader
 from .distributed import Dist
@@ -78,11 +78,6 @@ def _model_changes(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) 
     return "; ".join(changed) + ": " if changed else ""
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return " ".join(lines[:2])[:300]
-
-
 class Checkpoints:
     """Saves and restores one run's training state under ``out_dir/checkpoints``."""
 
@@ -104,7 +99,7 @@ class Checkpoints:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:  # another model: say which settings made it so, in one line
             raise UserError(f"{path}: a checkpoint of another model ({_model_changes(state.get('config'), self.config)}"
-                            f"{_first_line(exc)}); give this run a new out_dir, or set resume: false to start "
+                            f"{one_line(str(exc))[:300]}); give this run a new out_dir, or set resume: false to start "
                             f"it over here") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
